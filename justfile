@@ -1,0 +1,45 @@
+# Every developer command. `just --list` shows them.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+py := env_var_or_default("PYTHON", "python")
+
+# The demo: embedded NATS, two replicas, a producer, a reader that drops off and resumes, an abort.
+run:
+    {{py}} -m service.cli demo
+
+# One replica (embedded nats-server unless GENJOBS_NATS_URL is set).
+serve *ARGS:
+    {{py}} -m service.cli serve {{ARGS}}
+
+# The embedded nats-server alone, with nats.conf, on 127.0.0.1:4222 (monitoring on :8222).
+nats DATA=".genjobs-data":
+    mkdir -p {{DATA}}
+    nats-server -c nats.conf -sd {{DATA}}/jetstream -m 8222
+
+# The test suite (real nats-server, asyncio and uvloop).
+test *ARGS:
+    {{py}} -m pytest {{ARGS}}
+
+# Format check, lint, strict types, then the tests.
+check:
+    ruff format --check service actors schemas tests bench
+    ruff check service actors schemas tests bench
+    mypy --strict service actors schemas
+    {{py}} -m pytest
+
+# Benchmarks: genjobs beside raw nats-py and a LibreChat-style Redis store.
+bench *ARGS:
+    {{py}} -m bench.run {{ARGS}}
+
+# Tiny benchmark run: checks every figure is produced (also part of `just test`).
+bench-smoke:
+    {{py}} -m bench.run --smoke
+
+# redis-server for the Redis-style baseline (Debian package).
+bench-deps:
+    command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+    {{py}} -m pip install -q -e '.[bench]'
+
+# Long fault-injection variants.
+chaos:
+    {{py}} -m pytest -m slow tests/faults

@@ -1,0 +1,120 @@
+"""Configuration: one immutable Settings object, read from ``GENJOBS_*`` and overridable by flags.
+
+Every component takes the Settings it needs instead of reading the environment itself, so a
+test can run two replicas with different settings in one process.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+
+def _new_replica_id() -> str:
+    return "r" + uuid.uuid4().hex[:12]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Runtime knobs. Durations are seconds; sizes are bytes or counts."""
+
+    nats_url: str | None = None
+    """Where NATS is. ``None`` means: start an embedded nats-server with ``nats.conf``."""
+    prefix: str = "genjobs"
+    """Subject prefix; stream and bucket names derive from it (``GENJOBS_EVENTS``, ``genjobs-jobs``)."""
+    replica_id: str = field(default_factory=_new_replica_id)
+    stream_replicas: int = 1
+    """JetStream replicas for the stream and buckets: 1 on one server, 3 on a cluster."""
+    completed_ttl: float = 300.0
+    """How long a finished job stays readable (full replay, record, snapshot) before removal."""
+    lease_ttl: float = 6.0
+    """A replica whose heartbeat is older than this is dead; its running jobs fail ("owner lost")."""
+    heartbeat_interval: float = 1.5
+    sweep_interval: float = 30.0
+    """Full scan for running jobs of unknown owners (covers replicas that died while nobody watched)."""
+    max_events_per_job: int = 200_000
+    """Per-job cap enforced by the stream (discard new per subject): the job fails, history stays."""
+    stream_max_age: float = 7 * 24 * 3600.0
+    """Safety net only; normal cleanup is explicit after ``completed_ttl``."""
+    stream_max_bytes: int = -1
+    max_consumers: int = 100_000
+    inbox_size: int = 1024
+    """Bounded actor inbox: a producer faster than JetStream waits here (backpressure)."""
+    publish_timeout: float = 5.0
+    publish_retries: int = 5
+    snapshot_interval: float = 2.0
+    """How often a running job writes its resume snapshot to KV (fallback when the owner is gone)."""
+    reader_queue: int = 10_000
+    """Events buffered per reader before it is dropped as too slow (it resumes by seq)."""
+    session_inactive: float = 3600.0
+    """Durable reader sessions unused this long are removed by the server."""
+    session_ack_wait: float = 30.0
+    shutdown_grace: float = 10.0
+    request_timeout: float = 5.0
+    max_request_bytes: int = 1024 * 1024
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    # Derived names -------------------------------------------------------------------------
+    @property
+    def stream_name(self) -> str:
+        return f"{self.prefix.upper().replace('-', '_')}_EVENTS"
+
+    @property
+    def jobs_bucket(self) -> str:
+        return f"{self.prefix}-jobs"
+
+    @property
+    def users_bucket(self) -> str:
+        return f"{self.prefix}-users"
+
+    @property
+    def replicas_bucket(self) -> str:
+        return f"{self.prefix}-replicas"
+
+    @property
+    def snapshots_bucket(self) -> str:
+        return f"{self.prefix}-snapshots"
+
+    def events_subject(self, job_id: str) -> str:
+        return f"{self.prefix}.events.{job_id}"
+
+    def live_subject(self, job_id: str) -> str:
+        return f"{self.prefix}.live.{job_id}"
+
+    def abort_subject(self, job_id: str) -> str:
+        return f"{self.prefix}.abort.{job_id}"
+
+    def ingest_subject(self, job_id: str) -> str:
+        return f"{self.prefix}.ingest.{job_id}"
+
+    def rpc_subject(self, replica_id: str, op: str) -> str:
+        return f"{self.prefix}.rpc.{replica_id}.{op}"
+
+    def presence_subject(self, job_id: str) -> str:
+        return f"{self.prefix}.presence.{job_id}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build from ``GENJOBS_<FIELD>`` variables; explicit overrides win.
+
+        Raises:
+            ValueError: a variable does not parse as its field's type.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get("GENJOBS_" + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            kind = type(getattr(cls(), f.name)) if f.name != "nats_url" else str
+            try:
+                values[f.name] = kind(raw)
+            except ValueError as e:
+                raise ValueError(f"GENJOBS_{f.name.upper()}={raw!r}: {e}") from e
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
