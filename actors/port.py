@@ -1,0 +1,44 @@
+"""What an actor needs from the outside world, as a protocol: the actor does no NATS I/O itself.
+
+The service layer implements it over JetStream and KV (``service/store.py``); keeping it a
+protocol keeps the actor's state machine readable and its I/O in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from schemas.job import JobRecord
+
+
+class ActorPort(Protocol):
+    replica_id: str
+
+    async def publish_event(
+        self, job_id: str, payload: bytes, kind: str, index: int, expected_last: int
+    ) -> int:
+        """Store one event after ``expected_last`` on the job's subject; returns its sequence.
+
+        Raises:
+            OwnershipLost: another writer appended to the subject.
+            StoreFailed: the event could not be stored.
+        """
+        ...
+
+    async def update_record(self, rec: JobRecord, rev: int, *, ttl: float | None = None) -> int:
+        """Revision-checked write; returns the new revision.
+
+        Raises:
+            Conflict: the revision moved (someone else wrote the record).
+        """
+        ...
+
+    async def load_record(self, job_id: str) -> tuple[JobRecord, int] | None: ...
+
+    async def put_snapshot(
+        self, job_id: str, snapshot: dict[str, Any], *, ttl: float | None = None
+    ) -> None: ...
+
+    async def job_finished(self, rec: JobRecord) -> None:
+        """Terminal bookkeeping outside the record: user index, snapshot TTL, log cleanup."""
+        ...

@@ -1,0 +1,565 @@
+"""StreamActor: the single owner of one running job's state on its owner replica.
+
+One task reads one inbox and is the only code that assigns to the job's state: status, next
+index, aggregator, usage, abort signal. Events are published one at a time (the subject fence
+needs the previous sequence); while a publish is in flight, later text/reasoning deltas are
+coalesced into the next message, so light load gives one event per token and heavy load fewer,
+larger messages with the same aggregate.
+
+The aggregator advances only when a publish is acknowledged, so a snapshot's content is exactly
+the content of the events up to its ``seq``: a reader continuing at ``seq + 1`` gets neither a
+gap nor a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+
+from schemas.errors import GenjobsError, JobEnded, OwnershipLost
+from schemas.job import METADATA_FIELDS, JobRecord, JobStatus, record_to_dict
+
+from .abort import build_abort_final, parse_text
+from .aggregator import ContentAggregator
+from .coalesce import try_merge
+from .inbox import Inbox, InboxClosed
+from .kinds import classify
+from .port import ActorPort
+
+log = logging.getLogger("genjobs.actor")
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.decode
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --- messages -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Emit:
+    event: dict[str, Any]
+    kind: str
+
+
+@dataclass(slots=True)
+class Flush:
+    fut: asyncio.Future[int]
+
+
+@dataclass(slots=True)
+class Snapshot:
+    fut: asyncio.Future[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class UpdateMeta:
+    fields: dict[str, Any]
+    fut: asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class RecordUsage:
+    usage: dict[str, Any]
+    fut: asyncio.Future[None]
+
+
+FinishKind = Literal["complete", "error", "abort"]
+
+
+@dataclass(slots=True)
+class Finish:
+    kind: FinishKind
+    fut: asyncio.Future[dict[str, Any]]
+    final_event: dict[str, Any] | None = None
+    message: str | None = None
+    by: str = ""
+
+
+@dataclass(slots=True)
+class Ingest:
+    """A remote producer's batch (DESIGN §9): items at producer indices ``first_index``...
+
+    Items are ``("event", (event, kind))``, ``("usage", record)``, ``("complete", final)`` or
+    ``("error", message)``. The reply (``{ok, nextIndex, seq?, aborted?}``) is sent once every
+    item is durable; items at indices the actor already took are acknowledged, not repeated.
+    """
+
+    first_index: int
+    items: list[tuple[str, Any]]
+    metadata: dict[str, Any] | None
+    fut: asyncio.Future[dict[str, Any]]
+
+
+Command = Emit | Flush | Snapshot | UpdateMeta | RecordUsage | Finish | Ingest
+
+
+@dataclass(slots=True)
+class _Out:
+    """An event waiting to be published; ``count`` producer events were merged into it."""
+
+    event: dict[str, Any]
+    kind: str
+    count: int = 1
+    owned: bool = False  # True once we copied the producer's dict (before mutating it)
+
+
+@dataclass
+class ActorStats:
+    published: int = 0
+    produced: int = 0
+    merged: int = 0
+
+
+@dataclass
+class StreamActor:
+    rec: JobRecord
+    rev: int
+    port: ActorPort
+    inbox_size: int = 1024
+    snapshot_interval: float = 2.0
+    completed_ttl: float = 300.0
+    on_end: Callable[[StreamActor], None] | None = None
+    # state -------------------------------------------------------------------------------
+    inbox: Inbox[Command] = field(init=False)
+    aborted: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    """Set the moment an abort is requested: the producer's signal to stop generating."""
+    ended: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    accepting: bool = field(init=False, default=True)
+    stats: ActorStats = field(init=False, default_factory=ActorStats)
+
+    def __post_init__(self) -> None:
+        self.inbox = Inbox(self.inbox_size)
+        self.agg = ContentAggregator()
+        self._pending: deque[_Out] = deque()
+        self._next_index = self.rec.last_index + 1
+        self._last_seq = self.rec.last_seq
+        self._barriers: list[tuple[int, asyncio.Future[int]]] = []
+        self._finish: Finish | None = None
+        self._late: list[Finish] = []
+        self._dirty = False
+        self._snapshot_due = time.monotonic() + self.snapshot_interval
+        self._producer_tasks: set[asyncio.Task[Any]] = set()
+        self._result: dict[str, Any] | None = None
+        self._acked = 0  # producer events whose (possibly merged) message is acknowledged
+        self._ingested = 0  # next producer index a remote producer's batch must start at
+
+    @property
+    def job_id(self) -> str:
+        return self.rec.stream_id
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    @property
+    def status(self) -> JobStatus:
+        return self.rec.status
+
+    # --- called from outside the actor task (handles); they only queue or signal ------------
+
+    def signal_abort(self) -> None:
+        """Immediate part of an abort: stop accepting and wake/cancel the producer."""
+        self.accepting = False
+        self.aborted.set()
+        for t in list(self._producer_tasks):
+            t.cancel()
+
+    def bind_producer(self, task: asyncio.Task[Any]) -> None:
+        """Cancel ``task`` when the job is aborted (for producers that prefer cancellation)."""
+        self._producer_tasks.add(task)
+        task.add_done_callback(self._producer_tasks.discard)
+
+    # --- the actor task -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self._main()
+        except OwnershipLost as e:
+            log.warning("job %s: %s; this replica stops writing it", self.job_id, e)
+            self._result = {"ownershipLost": True}
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("job %s: actor failed", self.job_id)
+            await self._fail_after_crash(e)
+        finally:
+            self._close()
+
+    async def _main(self) -> None:
+        while True:
+            if not self._pending and self._finish is None:
+                timeout = self._idle_timeout()
+                if await self.inbox.wait(timeout):
+                    await self._absorb(self.inbox.take_all())
+            while self._pending:
+                await self._publish_head()
+                await self._absorb(self.inbox.take_all())
+            if self._finish is not None:
+                await self._do_finish(self._finish)
+                return
+            if self._dirty and time.monotonic() >= self._snapshot_due:
+                await self._write_snapshot()
+
+    def _idle_timeout(self) -> float | None:
+        if not self._dirty:
+            return None
+        return max(0.0, self._snapshot_due - time.monotonic())
+
+    async def _absorb(self, cmds: list[Command]) -> None:
+        for c in cmds:
+            if isinstance(c, Emit):
+                if self._finish is None:
+                    self._enqueue(c)
+            elif isinstance(c, Flush):
+                self._barriers.append((self.stats.produced, c.fut))
+                self._release_barriers()
+            elif isinstance(c, Snapshot):
+                _resolve(c.fut, self.snapshot())
+            elif isinstance(c, Ingest):
+                await self._ingest(c)
+            elif isinstance(c, Finish):
+                if self._finish is None:
+                    self._finish = c
+                    self.accepting = False
+                else:
+                    self._late.append(c)
+            elif self._finish is not None:
+                _reject(c.fut, JobEnded(self.job_id, "finishing"))  # type: ignore[union-attr]
+            elif isinstance(c, UpdateMeta):
+                await self._apply_meta(c)
+            elif isinstance(c, RecordUsage):
+                self.rec.collected_usage.append(c.usage)
+                await self._persist()
+                _resolve(c.fut, None)
+
+    async def _ingest(self, c: Ingest) -> None:
+        if self._finish is not None or self.rec.status.terminal:
+            _resolve(c.fut, {"ok": False, "nextIndex": self._ingested, "aborted": self.aborted.is_set(), "ended": True})
+            return
+        if c.first_index > self._ingested:
+            from schemas.errors import BadRequest
+
+            _reject(c.fut, BadRequest(f"gap: expected firstIndex {self._ingested}, got {c.first_index}"))
+            return
+        if c.metadata:
+            self._set_meta(c.metadata)
+            await self._persist()
+        fresh = c.items[self._ingested - c.first_index :]
+        terminal: Finish | None = None
+        usage_added = False
+        for what, value in fresh:
+            if what == "event":
+                self._enqueue(Emit(value[0], value[1]))
+            elif what == "usage":
+                self.rec.collected_usage.append(value)
+                usage_added = True
+            else:
+                fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+                if what == "complete":
+                    terminal = Finish("complete", fut, final_event=value)
+                else:
+                    terminal = Finish("error", fut, message=value)
+        self._ingested += len(fresh)
+        if usage_added:
+            await self._persist()
+        reply_fut = c.fut
+        if terminal is not None:
+            self._finish = terminal
+            self.accepting = False
+
+            def done_terminal(f: asyncio.Future[dict[str, Any]]) -> None:
+                if f.cancelled():
+                    return
+                if f.exception() is not None:
+                    _reject(reply_fut, f.exception() or RuntimeError())
+                else:
+                    _resolve(reply_fut, {"ok": True, "nextIndex": self._ingested, "seq": f.result().get("seq")})
+
+            terminal.fut.add_done_callback(done_terminal)
+            return
+        barrier: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def done(f: asyncio.Future[int]) -> None:
+            if f.cancelled():
+                return
+            if f.exception() is not None:
+                _reject(reply_fut, f.exception() or RuntimeError())
+            else:
+                _resolve(reply_fut, {"ok": True, "nextIndex": self._ingested, "seq": f.result(), "aborted": self.aborted.is_set()})
+
+        barrier.add_done_callback(done)
+        self._barriers.append((self.stats.produced, barrier))
+        self._release_barriers()
+
+    def _enqueue(self, e: Emit) -> None:
+        self.stats.produced += 1
+        if self._pending:
+            tail = self._pending[-1]
+            if tail.kind == "step" and e.kind == "step":
+                if not tail.owned:
+                    tail.event = _decode(_encode(tail.event))
+                    tail.owned = True
+                if try_merge(tail.event, e.event):
+                    tail.count += 1
+                    self.stats.merged += 1
+                    return
+        self._pending.append(_Out(e.event, e.kind))
+
+    async def _publish_head(self) -> None:
+        out = self._pending[0]
+        index = self._next_index
+        seq = await self.port.publish_event(
+            self.job_id, _encode(out.event), out.kind, index, self._last_seq
+        )
+        self._pending.popleft()
+        self._next_index = index + 1
+        self._last_seq = seq
+        self.stats.published += 1
+        await self._apply_published(out)
+        self._acked += out.count
+        self._release_barriers()
+
+    def _release_barriers(self) -> None:
+        if not self._barriers:
+            return
+        keep = []
+        for target, fut in self._barriers:
+            if self._acked >= target:
+                _resolve(fut, self._last_seq)
+            else:
+                keep.append((target, fut))
+        self._barriers = keep
+
+    async def _apply_published(self, out: _Out) -> None:
+        self._dirty = True
+        ev = out.event
+        if out.kind == "step":
+            name = ev.get("event")
+            if isinstance(name, str):
+                self.agg.apply(name, ev.get("data"))
+        elif out.kind == "created":
+            msg = ev.get("message")
+            if isinstance(msg, dict):
+                self.rec.user_message = {
+                    k: msg[k]
+                    for k in ("messageId", "parentMessageId", "conversationId", "text")
+                    if k in msg
+                }
+                if self.rec.conversation_id is None and isinstance(msg.get("conversationId"), str):
+                    self.rec.conversation_id = msg["conversationId"]
+                await self._persist()
+
+    def _set_meta(self, fields: dict[str, Any]) -> None:
+        for key, value in fields.items():
+            attr = METADATA_FIELDS.get(key)
+            if attr is not None:
+                setattr(self.rec, attr, value)
+            elif key == "syncSent":
+                self.rec.sync_sent = bool(value)
+
+    async def _apply_meta(self, c: UpdateMeta) -> None:
+        self._set_meta(c.fields)
+        await self._persist()
+        self._dirty = True
+        _resolve(c.fut, None)
+
+    async def _persist(self, *, ttl: float | None = None) -> None:
+        self.rec.last_seq = self._last_seq
+        self.rec.last_index = self._next_index - 1
+        try:
+            self.rev = await self.port.update_record(self.rec, self.rev, ttl=ttl)
+        except GenjobsError as e:
+            if e.code != "conflict":
+                raise
+            loaded = await self.port.load_record(self.job_id)
+            if loaded is None or loaded[0].status.terminal or loaded[0].owner != self.port.replica_id:
+                raise OwnershipLost(self.job_id, "record changed by another replica") from e
+            # Still ours (e.g. a retried write that landed): adopt the revision and retry once.
+            self.rev = loaded[1]
+            self.rev = await self.port.update_record(self.rec, self.rev, ttl=ttl)
+
+    # --- snapshot -------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Resume state as of ``seq`` (the last acknowledged event)."""
+        r = self.rec
+        snap: dict[str, Any] = {
+            "runSteps": self.agg.run_steps(),
+            "aggregatedContent": self.agg.content_filtered(),
+            "status": r.status.value,
+            "createdAt": r.created_at,
+            "seq": self._last_seq,
+            "index": self._next_index - 1,
+        }
+        for key, value in (
+            ("userMessage", r.user_message),
+            ("responseMessageId", r.response_message_id),
+            ("conversationId", r.conversation_id),
+            ("sender", r.sender),
+        ):
+            if value is not None:
+                snap[key] = value
+        return snap
+
+    async def _write_snapshot(self, *, ttl: float | None = None) -> None:
+        await self.port.put_snapshot(self.job_id, self.snapshot(), ttl=ttl)
+        self._dirty = False
+        self._snapshot_due = time.monotonic() + self.snapshot_interval
+
+    # --- terminal -------------------------------------------------------------------------
+
+    async def _do_finish(self, f: Finish) -> None:
+        r = self.rec
+        if f.kind == "complete":
+            event = dict(f.final_event or {"final": True})
+            event.setdefault("final", True)
+            kind, status = "final", JobStatus.COMPLETE
+        elif f.kind == "error":
+            event = {"error": f.message or "error"}
+            kind, status = "error", JobStatus.ERROR
+        else:
+            early = not self.agg.has_content()
+            event = build_abort_final(record_to_dict(r), self.agg.content_filtered(), early)
+            kind, status = "final", JobStatus.ABORTED
+        seq = await self.port.publish_event(
+            self.job_id, _encode(event), kind, self._next_index, self._last_seq
+        )
+        self._next_index += 1
+        self._last_seq = seq
+        r.status = status
+        r.completed_at = now_ms()
+        if f.kind == "error":
+            r.error = f.message
+        if f.kind == "abort":
+            r.aborted_by = f.by or None
+        usage = list(r.collected_usage)
+        r.usage_claimed = True
+        r.usage_claimed_by = f.kind
+        await self._persist(ttl=self.completed_ttl)
+        self.ended.set()
+        await self._write_snapshot(ttl=self.completed_ttl)
+        await self.port.job_finished(r)
+        self._release_barriers()
+        result: dict[str, Any] = {
+            "success": True,
+            "status": status.value,
+            "seq": seq,
+            "collectedUsage": usage,
+            "finalEvent": event,
+        }
+        if f.kind == "abort":
+            content = self.agg.content_filtered()
+            result = {
+                "success": True,
+                "jobData": record_to_dict(r),
+                "content": content,
+                "finalEvent": event,
+                "text": parse_text(content),
+                "collectedUsage": usage,
+                "usageAlreadyClaimed": False,
+                "seq": seq,
+            }
+        self._result = result
+        _resolve(f.fut, result)
+        for late in self._late:
+            self._answer_late(late)
+
+    def _answer_late(self, f: Finish) -> None:
+        if f.kind == "abort":
+            _resolve(f.fut, already_claimed_result(self.rec))
+        else:
+            _reject(f.fut, JobEnded(self.job_id, self.rec.status.value))
+
+    async def _fail_after_crash(self, err: Exception) -> None:
+        """One job's failure ends that job with a terminal error, never the replica."""
+        if self.rec.status.terminal:
+            return
+        try:
+            async with asyncio.timeout(5):
+                self._pending.clear()
+                fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+                await self._do_finish(Finish("error", fut, message=f"internal error: {err}"))
+        except (GenjobsError, TimeoutError) as e2:
+            log.error("job %s: could not write its terminal error: %s", self.job_id, e2)
+
+    def _close(self) -> None:
+        self.accepting = False
+        self.ended.set()
+        leftover = self.inbox.close()
+        err = JobEnded(self.job_id, self.rec.status.value)
+        for c in leftover:
+            if isinstance(c, Finish):
+                if self._result is not None and c.kind == "abort":
+                    _resolve(c.fut, already_claimed_result(self.rec))
+                else:
+                    _reject(c.fut, err)
+            elif not isinstance(c, Emit):
+                _reject(c.fut, err)  # type: ignore[arg-type]
+        for f in [*self._late, *([self._finish] if self._finish else [])]:
+            if not f.fut.done():
+                _reject(f.fut, err)
+        for _, fut in self._barriers:
+            _reject(fut, err)
+        self._barriers.clear()
+        if self.on_end is not None:
+            self.on_end(self)
+
+    # --- queueing helpers used by handles ------------------------------------------------------
+
+    def request(self, cmd: Command) -> None:
+        """Queue a control command.
+
+        Raises:
+            JobEnded: the actor no longer takes commands.
+        """
+        try:
+            self.inbox.put_control(cmd)
+        except InboxClosed as e:
+            raise JobEnded(self.job_id, self.rec.status.value) from e
+
+
+def already_claimed_result(rec: JobRecord) -> dict[str, Any]:
+    """AbortResult for a job that has ended and whose usage was claimed before."""
+    return {
+        "success": False,
+        "jobData": record_to_dict(rec),
+        "content": [],
+        "finalEvent": None,
+        "text": "",
+        "collectedUsage": [],
+        "usageAlreadyClaimed": True,
+    }
+
+
+def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _reject(fut: asyncio.Future[Any], err: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(err)
+
+
+__all__ = [
+    "Emit",
+    "Finish",
+    "Flush",
+    "RecordUsage",
+    "Snapshot",
+    "StreamActor",
+    "UpdateMeta",
+    "already_claimed_result",
+    "classify",
+]

@@ -1,0 +1,158 @@
+"""Replica liveness (the ownership lease) and the janitor that ends orphaned jobs.
+
+The lease is per replica, not per job: each replica writes a heartbeat key every
+``heartbeat_interval`` and every replica watches those keys. A job's owner is alive while its
+heartbeat is younger than ``lease_ttl``. This costs O(replicas) writes instead of one KV write
+per running job per interval (10,000 idle jobs would otherwise mean thousands of writes per
+second), and a job may run for as long as it needs: nothing about it expires while its owner
+lives. When a replica's heartbeat goes stale, every live replica sweeps for its running jobs
+and races to end them; the subject fence lets exactly one terminal event through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+from nats.js.errors import NotFoundError
+
+from .config import Settings
+from .store import Store
+
+if TYPE_CHECKING:
+    from .ops import JobOps
+
+log = logging.getLogger("genjobs.liveness")
+
+
+class Liveness:
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.s = settings
+        self._seen: dict[str, float] = {}  # replica id -> monotonic time of its last heartbeat
+        self._dead_handled: set[str] = set()
+        self.started = time.monotonic()
+        self.takeovers = 0
+
+    def is_alive(self, replica_id: str) -> bool:
+        if replica_id == self.s.replica_id:
+            return True
+        seen = self._seen.get(replica_id)
+        return seen is not None and time.monotonic() - seen < self.s.lease_ttl
+
+    def live_replicas(self) -> list[str]:
+        return [r for r in self._seen if self.is_alive(r)]
+
+    async def heartbeat_loop(self) -> None:
+        while True:
+            await self.store.heartbeat()
+            await asyncio.sleep(self.s.heartbeat_interval)
+
+    async def watch_loop(self) -> None:
+        """Follow every replica's heartbeat key."""
+        watcher = await self.store.replicas.watchall()
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    continue  # end of the initial values
+                if entry.operation in ("DEL", "PURGE") or not entry.value:
+                    self._seen.pop(entry.key, None)
+                    continue
+                try:
+                    at = float(msgspec.json.decode(entry.value).get("at", 0))
+                except (msgspec.DecodeError, AttributeError, TypeError, ValueError):
+                    log.warning("ignoring a malformed heartbeat for %s", entry.key)
+                    continue
+                # A value from the initial replay may be old: age it by the wall clock.
+                age = max(0.0, time.time() - at)
+                self._seen[entry.key] = time.monotonic() - age
+                self._dead_handled.discard(entry.key)
+        finally:
+            await watcher.stop()
+
+    async def janitor_loop(self, ops: JobOps) -> None:
+        """End jobs whose owner died: promptly for replicas seen dying, by sweep for the rest."""
+        next_sweep = time.monotonic() + self.s.lease_ttl  # give heartbeats time to arrive first
+        tick = max(0.2, min(1.0, self.s.lease_ttl / 4))
+        while True:
+            await asyncio.sleep(tick * (0.8 + 0.4 * random.random()))
+            newly_dead = [
+                r for r in self._seen if not self.is_alive(r) and r not in self._dead_handled
+            ]
+            if newly_dead or time.monotonic() >= next_sweep:
+                await self.sweep(ops)
+                self._dead_handled.update(newly_dead)
+                next_sweep = time.monotonic() + self.s.sweep_interval
+
+    async def sweep(self, ops: JobOps) -> int:
+        """Fail every running job whose owner is not alive; returns how many this replica ended."""
+        ended = 0
+        for rec in await self.store.all_records():
+            if rec.status.terminal or self.is_alive(rec.owner):
+                continue
+            loaded = await self.store.load_record(rec.stream_id)
+            if loaded is None:
+                continue
+            fresh, rev = loaded
+            if fresh.status.terminal or self.is_alive(fresh.owner):
+                continue
+            if await ops.fail_orphan(fresh, rev, "owner lost"):
+                ended += 1
+                self.takeovers += 1
+        return ended
+
+
+class CleanupWorker:
+    """Removes finished jobs' event logs after ``completed_ttl``.
+
+    Each finished job leaves one message on the cleanup work queue; one durable consumer shared
+    by all replicas hands each message to exactly one of them, and a message that is not due
+    yet is nak'ed with the remaining delay — no scanning, no timers per job.
+    """
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.s = settings
+        self.purged = 0
+
+    async def run(self) -> None:
+        from nats.js.api import AckPolicy, ConsumerConfig
+
+        stream = self.s.stream_name.removesuffix("_EVENTS") + "_CLEANUP"
+        sub = await self.store.js.pull_subscribe(
+            f"{self.s.prefix}.cleanup.*",
+            durable="cleanup",
+            stream=stream,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=-1),
+        )
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(16, timeout=5)
+                except TimeoutError:
+                    continue
+                for msg in msgs:
+                    await self._handle(msg)
+        finally:
+            await sub.unsubscribe()
+
+    async def _handle(self, msg: object) -> None:
+        from nats.aio.msg import Msg
+
+        assert isinstance(msg, Msg)
+        body = msgspec.json.decode(msg.data)
+        remaining = float(body.get("due", 0)) - time.time()
+        if remaining > 0:
+            await msg.nak(delay=remaining)
+            return
+        job_id = str(body["jobId"])
+        try:
+            await self.store.purge_events(job_id, up_to_seq=int(body["upToSeq"]))
+        except NotFoundError:
+            pass  # the stream itself is gone (test teardown): nothing to purge
+        self.purged += 1
+        await msg.ack()

@@ -1,0 +1,337 @@
+"""A replica: the actor system of one process, with its NATS wiring and its shutdown.
+
+    async with Replica(Settings.from_env()) as replica:
+        job = await replica.create_job(user_id="u1")
+        ...
+
+Start: connect (or use the given connection), provision, open the buckets, write the first
+heartbeat, then take work. Stop (also on SIGTERM in ``genjobs serve``), in this order: stop
+taking work → give every running job its terminal event ("interrupted: replica shutting down"),
+bounded by ``shutdown_grace`` → wait for the actors → stop background tasks → flush publish
+acks → drain the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from types import TracebackType
+from typing import Any
+
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from actors.registry import Registry
+from actors.stream_actor import Finish, StreamActor
+from schemas.errors import BadRequest, Conflict, GenjobsError, Unavailable
+from schemas.ids import check_id, check_optional_id
+from schemas.job import JobRecord, JobStatus
+
+from .config import Settings
+from .liveness import CleanupWorker, Liveness
+from .ops import JobOps, abort_local, authorize, idempotent_job_id, now_ms
+from .producer import JobHandle
+from .provision import provision
+from .store import Store
+
+log = logging.getLogger("genjobs.replica")
+_enc = msgspec.json.Encoder()
+
+SHUTDOWN_MESSAGE = "interrupted: replica shutting down"
+
+
+class Replica:
+    def __init__(self, settings: Settings, nc: NATS | None = None) -> None:
+        self.s = settings
+        self.replica_id = settings.replica_id
+        self._nc = nc
+        self._owns_nc = nc is None
+        self.registry = Registry()
+        self._subs: list[Subscription] = []
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._ready: asyncio.Future[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self.stopped = False
+
+    @property
+    def nc(self) -> NATS:
+        assert self._nc is not None, "replica not started"
+        return self._nc
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Raises: ProvisionMismatch, and nats errors when NATS cannot be reached."""
+        if self._nc is None:
+            if not self.s.nats_url:
+                raise Unavailable("no NATS URL (set GENJOBS_NATS_URL or use `genjobs serve`)")
+            self._nc = await nats.connect(
+                self.s.nats_url,
+                name=f"genjobs-{self.replica_id}",
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+            )
+        await provision(self.nc.jetstream(timeout=self.s.request_timeout), self.s)
+        self.store = Store(self.nc, self.s)
+        await self.store.open()
+        self.liveness = Liveness(self.store, self.s)
+        self.ops = JobOps(self.store, self.s, self.registry, self.liveness)
+        self.cleanup = CleanupWorker(self.store, self.s)
+        await self.store.heartbeat()
+        p = self.s.prefix
+        self._subs = [
+            await self.nc.subscribe(f"{p}.abort.*", cb=self._on_abort),
+            await self.nc.subscribe(f"{p}.rpc.{self.replica_id}.*", cb=self._on_rpc),
+        ]
+        self._ready = asyncio.get_running_loop().create_future()
+        self._supervisor = asyncio.create_task(self._supervise(), name=f"replica:{self.replica_id}")
+        await self._ready
+        log.info("replica %s ready (prefix %s)", self.replica_id, p)
+
+    async def _supervise(self) -> None:
+        """Owns every background task of the replica, and the actors, in one TaskGroup."""
+        assert self._ready is not None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self.registry.bind(tg)
+                self._background = [
+                    tg.create_task(self.liveness.heartbeat_loop(), name="heartbeat"),
+                    tg.create_task(self.liveness.watch_loop(), name="liveness-watch"),
+                    tg.create_task(self.liveness.janitor_loop(self.ops), name="janitor"),
+                    tg.create_task(self.cleanup.run(), name="cleanup"),
+                ]
+                self._ready.set_result(None)
+                await self._stop.wait()
+                for t in self._background:
+                    t.cancel()
+                self.registry.cancel_all()  # whatever survived the graceful phase
+        except BaseException as e:
+            if not self._ready.done():
+                self._ready.set_exception(e)
+            raise
+
+    async def stop(self) -> None:
+        """The shutdown sequence (see module docstring). Idempotent."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.registry.closing = True  # 1. stop taking work
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        # 2. terminal events for running jobs, bounded by the grace period
+        loop = asyncio.get_running_loop()
+        futures = []
+        for actor in self.registry.actors():
+            fut: asyncio.Future[Any] = loop.create_future()
+            actor.signal_abort()  # the producer's signal to stop generating
+            try:
+                actor.request(Finish("error", fut, message=SHUTDOWN_MESSAGE))
+                futures.append(fut)
+            except GenjobsError:
+                continue
+        if futures:
+            done, pending = await asyncio.wait(futures, timeout=self.s.shutdown_grace)
+            for f in done:
+                if f.exception() is not None:
+                    log.warning("shutdown: a job ended without its terminal event: %s", f.exception())
+            if pending:
+                log.error("shutdown: %d jobs did not finish within the grace period", len(pending))
+        # 3. wait for the actors, then stop the background tasks
+        await self.registry.wait_all(timeout=max(0.1, self.s.shutdown_grace / 2))
+        self._stop.set()
+        if self._supervisor is not None:
+            try:
+                await self._supervisor
+            except* asyncio.CancelledError:
+                pass
+        # 4. flush publish acks and say goodbye
+        await self.store.close()
+        with contextlib.suppress(Exception):
+            await self.store.replicas.purge(self.replica_id)
+        if self._owns_nc:
+            await self.nc.drain()
+
+    async def kill(self) -> None:
+        """Simulate a crash (tests, chaos): no terminal events, no goodbye, heartbeats just stop."""
+        self.stopped = True
+        self.registry.closing = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        await self.nc.close()
+
+    async def __aenter__(self) -> Replica:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        user_id: str,
+        *,
+        conversation_id: str | None = None,
+        job_id: str | None = None,
+        tenant_id: str | None = None,
+        idempotency_key: str | None = None,
+        replace: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> JobHandle:
+        """Create a job owned by this replica and start its actor.
+
+        Raises:
+            InvalidId: an id is not ``[A-Za-z0-9_-]{1,128}``.
+            Conflict: a job with this id is running (and ``replace`` is false), or it is owned
+                by another replica (idempotent retry of a job created elsewhere).
+            Forbidden: the id belongs to another user's job.
+            Unavailable: this replica is shutting down.
+        """
+        check_id(user_id, "userId")
+        check_optional_id(tenant_id, "tenantId")
+        check_optional_id(conversation_id, "conversationId")
+        if idempotency_key is not None and not isinstance(idempotency_key, str):
+            raise BadRequest("idempotencyKey must be a string")
+        if job_id is None:
+            if idempotency_key:
+                job_id = idempotent_job_id(user_id, tenant_id, idempotency_key)
+            else:
+                job_id = conversation_id or uuid.uuid4().hex
+        check_id(job_id, "jobId")
+        if self.registry.closing:
+            raise Unavailable("replica is shutting down")
+        for _ in range(5):
+            loaded = await self.store.load_record(job_id)
+            if loaded is not None:
+                rec, rev = loaded
+                authorize(rec, user_id, tenant_id)
+                if rec.status is JobStatus.RUNNING:
+                    if idempotency_key and rec.idempotency_key == idempotency_key:
+                        actor = self.registry.get(job_id)
+                        if actor is not None:
+                            return JobHandle(actor)
+                        raise Conflict(
+                            f"job {job_id} exists and is owned by replica {rec.owner}",
+                            job_id=job_id,
+                            owner=rec.owner,
+                        )
+                    if not replace:
+                        raise Conflict(f"job {job_id} is running", job_id=job_id)
+                    await self.ops.abort(job_id, user_id, tenant_id, by="replace")
+                    continue
+                new = self._new_record(job_id, user_id, tenant_id, conversation_id, idempotency_key)
+                # A new generation under a reused id starts on an empty subject.
+                await self.store.purge_events(job_id)
+                try:
+                    rev = await self.store.update_record(new, rev)
+                except Conflict:
+                    continue
+            else:
+                new = self._new_record(job_id, user_id, tenant_id, conversation_id, idempotency_key)
+                try:
+                    rev = await self.store.create_record(new)
+                except Conflict:
+                    continue
+            await self.store.add_user_index(new)
+            actor = StreamActor(
+                new,
+                rev,
+                self.store,
+                inbox_size=self.s.inbox_size,
+                snapshot_interval=self.s.snapshot_interval,
+                completed_ttl=self.s.completed_ttl,
+            )
+            self.registry.start(actor)
+            handle = JobHandle(actor)
+            if metadata:
+                await handle.update_metadata(**metadata)
+            return handle
+        raise Conflict(f"job {job_id}: too many concurrent creates", job_id=job_id)
+
+    def _new_record(
+        self,
+        job_id: str,
+        user_id: str,
+        tenant_id: str | None,
+        conversation_id: str | None,
+        idempotency_key: str | None,
+    ) -> JobRecord:
+        now = now_ms()
+        return JobRecord(
+            stream_id=job_id,
+            user_id=user_id,
+            tenant_id=tenant_id,
+            status=JobStatus.RUNNING,
+            created_at=now,
+            conversation_id=conversation_id,
+            sync_sent=False,
+            owner=self.replica_id,
+            lease_until=int((time.time() + self.s.lease_ttl) * 1000),
+            last_seq=0,
+            last_index=-1,
+            first_seq=0,
+            idempotency_key=idempotency_key,
+            collected_usage=[],
+            usage_claimed=False,
+        )
+
+    def handle(self, job_id: str) -> JobHandle | None:
+        actor = self.registry.get(job_id)
+        return JobHandle(actor) if actor is not None else None
+
+    # --- NATS handlers --------------------------------------------------------------------
+
+    async def _on_abort(self, msg: Msg) -> None:
+        """``<prefix>.abort.<job_id>``: only the owner answers; others stay silent."""
+        job_id = msg.subject.rsplit(".", 1)[1]
+        actor = self.registry.get(job_id)
+        if actor is None:
+            return
+        try:
+            body = msgspec.json.decode(msg.data) if msg.data else {}
+            if not isinstance(body, dict):
+                raise BadRequest("abort body must be a JSON object")
+            user_id = body.get("userId")
+            if user_id is None:
+                raise BadRequest("userId is required")
+            authorize(actor.rec, check_id(user_id, "userId"), check_optional_id(body.get("tenantId"), "tenantId"))
+            result = await abort_local(actor, by=str(body.get("by", "abort-subject")))
+            reply: bytes = _enc.encode(result)
+        except msgspec.DecodeError:
+            reply = _enc.encode(BadRequest("malformed JSON").body())
+        except GenjobsError as e:
+            reply = _enc.encode(e.body())
+        if msg.reply:
+            await msg.respond(reply)
+
+    async def _on_rpc(self, msg: Msg) -> None:
+        op = msg.subject.rsplit(".", 1)[1]
+        try:
+            body = msgspec.json.decode(msg.data)
+            actor = self.registry.get(str(body.get("jobId")))
+            if actor is None:
+                reply = _enc.encode({"error": {"code": "not_found", "message": "not owned here"}})
+            elif op == "snapshot":
+                reply = _enc.encode(actor.snapshot())
+            else:
+                reply = _enc.encode({"error": {"code": "bad_request", "message": f"unknown op {op}"}})
+        except (msgspec.DecodeError, AttributeError):
+            reply = _enc.encode({"error": {"code": "bad_request", "message": "malformed request"}})
+        if msg.reply:
+            await msg.respond(reply)

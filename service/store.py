@@ -1,0 +1,302 @@
+"""JetStream and KV access for jobs: records, user index, snapshots, event publishing, cleanup.
+
+This is the adapter boundary: nats-py exceptions are translated into ``schemas.errors`` here,
+and it implements the actors' :class:`~actors.port.ActorPort`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.errors import (
+    BadRequestError,
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
+from nats.js.kv import KeyValue
+
+from schemas.errors import Conflict, StoreFailed, Unavailable
+from schemas.job import JobRecord, decode_record, encode_record
+
+from .config import Settings
+from .publisher import FencedPublisher, direct_get_last
+
+log = logging.getLogger("genjobs.store")
+
+HDR_KIND = "Genjobs-Kind"
+HDR_INDEX = "Genjobs-Index"
+HDR_WRITER = "Genjobs-Writer"
+_enc = msgspec.json.Encoder()
+
+
+def _ttl(seconds: float | None) -> float | None:
+    # The server takes whole seconds, at least 1 (NATS-NOTES).
+    return None if seconds is None else float(max(1, math.ceil(seconds)))
+
+
+class Store:
+    """Everything a replica reads and writes in NATS, for every job."""
+
+    def __init__(self, nc: NATS, settings: Settings) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout)
+        self.s = settings
+        self.replica_id = settings.replica_id
+        self.publisher = FencedPublisher(nc, timeout=settings.publish_timeout)
+        self.jobs: KeyValue
+        self.users: KeyValue
+        self.snapshots: KeyValue
+        self.replicas: KeyValue
+
+    async def open(self) -> None:
+        s = self.s
+        self.jobs = await self.js.key_value(s.jobs_bucket)
+        self.users = await self.js.key_value(s.users_bucket)
+        self.snapshots = await self.js.key_value(s.snapshots_bucket)
+        self.replicas = await self.js.key_value(s.replicas_bucket)
+        await self.publisher.start()
+
+    async def close(self) -> None:
+        await self.publisher.close()
+
+    # --- events ---------------------------------------------------------------------------
+
+    async def publish_event(
+        self,
+        job_id: str,
+        payload: bytes,
+        kind: str,
+        index: int,
+        expected_last: int,
+        writer: str | None = None,
+    ) -> int:
+        if len(payload) > self.s.max_request_bytes * 8:
+            raise StoreFailed(f"event {index} of job {job_id} is {len(payload)} bytes: too large")
+        return await self.publisher.publish_fenced(
+            self.s.stream_name,
+            self.s.events_subject(job_id),
+            payload,
+            {HDR_KIND: kind, HDR_INDEX: str(index), HDR_WRITER: writer or self.replica_id},
+            expected_last=expected_last,
+            index=index,
+            retries=self.s.publish_retries,
+        )
+
+    async def subject_last_seq(self, job_id: str) -> int:
+        last = await self.subject_last(job_id)
+        return 0 if last is None else last[0]
+
+    async def subject_last(self, job_id: str) -> tuple[int, dict[str, Any]] | None:
+        """(seq, headers) of the job's last event, or None when its subject is empty."""
+        return await direct_get_last(
+            self.nc, self.s.stream_name, self.s.events_subject(job_id), timeout=self.s.request_timeout
+        )
+
+    async def purge_events(self, job_id: str, up_to_seq: int | None = None) -> None:
+        """Remove a job's event log (only up to ``up_to_seq`` inclusive, if given)."""
+        kwargs: dict[str, Any] = {"subject": self.s.events_subject(job_id)}
+        if up_to_seq is not None:
+            kwargs["seq"] = up_to_seq + 1
+        await self.js.purge_stream(self.s.stream_name, **kwargs)
+
+    # --- records --------------------------------------------------------------------------
+
+    async def load_record(self, job_id: str) -> tuple[JobRecord, int] | None:
+        try:
+            entry = await self.jobs.get(job_id)
+        except (KeyNotFoundError, KeyDeletedError):
+            return None
+        if entry.value is None or entry.revision is None:
+            return None
+        try:
+            return decode_record(entry.value), entry.revision
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise StoreFailed(f"record of job {job_id} is corrupt: {e}") from e
+
+    async def create_record(self, rec: JobRecord) -> int:
+        """Raises: Conflict if the key exists."""
+        try:
+            return int(await self.jobs.create(rec.stream_id, encode_record(rec)))
+        except KeyWrongLastSequenceError as e:
+            raise Conflict(f"job {rec.stream_id} exists", job_id=rec.stream_id) from e
+
+    async def update_record(self, rec: JobRecord, rev: int, *, ttl: float | None = None) -> int:
+        rec.lease_until = int((time.time() + self.s.lease_ttl) * 1000)
+        data = encode_record(rec)
+        if ttl is None:
+            try:
+                return int(await self.jobs.update(rec.stream_id, data, last=rev))
+            except KeyWrongLastSequenceError as e:
+                raise Conflict(f"job {rec.stream_id} changed (revision {rev})", revision=rev) from e
+        return await self._cas_with_ttl(self.s.jobs_bucket, rec.stream_id, data, rev, ttl)
+
+    async def _cas_with_ttl(self, bucket: str, key: str, data: bytes, rev: int, ttl: float) -> int:
+        # kv.update carries no TTL; a raw publish with the CAS header does (NATS-NOTES).
+        try:
+            ack = await self.js.publish(
+                f"$KV.{bucket}.{key}",
+                data,
+                headers={"Nats-Expected-Last-Subject-Sequence": str(rev)},
+                msg_ttl=_ttl(ttl),
+            )
+        except BadRequestError as e:
+            if e.err_code == 10071:
+                raise Conflict(f"{bucket}/{key} changed (revision {rev})", revision=rev) from e
+            raise StoreFailed(f"{bucket}/{key}: {e}") from e
+        return int(ack.seq)
+
+    # --- user index -----------------------------------------------------------------------
+
+    def user_key(self, user_id: str, job_id: str, tenant_id: str | None) -> str:
+        return f"{tenant_id}.{user_id}.{job_id}" if tenant_id else f"{user_id}.{job_id}"
+
+    async def add_user_index(self, rec: JobRecord) -> None:
+        key = self.user_key(rec.user_id, rec.stream_id, rec.tenant_id)
+        await self.users.put(key, _enc.encode({"createdAt": rec.created_at}))
+
+    async def remove_user_index(self, user_id: str, job_id: str, tenant_id: str | None) -> None:
+        # A purge marker with a TTL: the tombstone itself goes away, nothing accumulates.
+        await self.users.purge(
+            self.user_key(user_id, job_id, tenant_id), msg_ttl=_ttl(self.s.completed_ttl)
+        )
+
+    async def list_user_jobs(self, user_id: str, tenant_id: str | None) -> list[str]:
+        prefix = f"{tenant_id}.{user_id}." if tenant_id else f"{user_id}."
+        subjects = await self.direct_multi_last(f"KV_{self.s.users_bucket}", f"$KV.{self.s.users_bucket}.{prefix}*")
+        out = []
+        for subject, headers, data in subjects:
+            if headers.get("KV-Operation") in ("DEL", "PURGE") or not data:
+                continue
+            out.append(subject.rsplit(".", 1)[1])
+        return out
+
+    async def direct_multi_last(
+        self, stream: str, subject_filter: str
+    ) -> list[tuple[str, dict[str, str], bytes]]:
+        """Last message of every subject matching the filter, without creating a consumer."""
+        out: list[tuple[str, dict[str, str], bytes]] = []
+        up_to: int | None = None
+        while True:
+            req: dict[str, Any] = {"multi_last": [subject_filter], "batch": 1000}
+            if up_to is not None:
+                req["up_to_seq"] = up_to
+            inbox = self.nc.new_inbox()
+            sub = await self.nc.subscribe(inbox)
+            page: list[tuple[str, dict[str, str], bytes]] = []
+            try:
+                await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", _enc.encode(req), reply=inbox)
+                while True:
+                    msg = await sub.next_msg(timeout=self.s.request_timeout)
+                    h = dict(msg.headers or {})
+                    status = h.get("Status")
+                    if status == "404":
+                        return out
+                    if status == "204":
+                        break
+                    if status is not None:
+                        raise StoreFailed(f"direct get on {stream}: {status} {h.get('Description')}")
+                    page.append((h.get("Nats-Subject", ""), h, msg.data))
+            except TimeoutError as e:
+                raise Unavailable(f"direct get on {stream} timed out") from e
+            finally:
+                await sub.unsubscribe()
+            out.extend(page)
+            if len(page) < 1000:
+                return out
+            # More than a batch: a full page means there may be more; this path is rare
+            # (a user with 1,000+ active jobs), so a simple full-scan fallback is used.
+            return await self._scan_last(stream, subject_filter)
+
+    async def _scan_last(self, stream: str, subject_filter: str) -> list[tuple[str, dict[str, str], bytes]]:
+        from nats.js.api import ConsumerConfig, DeliverPolicy
+
+        out: dict[str, tuple[str, dict[str, str], bytes]] = {}
+        sub = await self.js.subscribe(
+            subject_filter,
+            stream=stream,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
+        )
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=1.0)
+                except TimeoutError:
+                    break
+                out[msg.subject] = (msg.subject, dict(msg.headers or {}), msg.data)
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
+        return list(out.values())
+
+    async def all_records(self) -> list[JobRecord]:
+        """Every job record (a full scan: used for counts and the janitor's sweep)."""
+        rows = await self._scan_last(f"KV_{self.s.jobs_bucket}", f"$KV.{self.s.jobs_bucket}.>")
+        out = []
+        for _, headers, data in rows:
+            if headers.get("KV-Operation") in ("DEL", "PURGE") or not data:
+                continue
+            try:
+                out.append(decode_record(data))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.error("skipping a corrupt job record in %s", self.s.jobs_bucket)
+        return out
+
+    # --- snapshots ------------------------------------------------------------------------
+
+    async def put_snapshot(
+        self, job_id: str, snapshot: dict[str, Any], *, ttl: float | None = None
+    ) -> None:
+        data = _enc.encode(snapshot)
+        if ttl is None:
+            await self.snapshots.put(job_id, data)
+        else:
+            await self.js.publish(
+                f"$KV.{self.s.snapshots_bucket}.{job_id}", data, msg_ttl=_ttl(ttl)
+            )
+
+    async def get_snapshot(self, job_id: str) -> dict[str, Any] | None:
+        try:
+            entry = await self.snapshots.get(job_id)
+        except (KeyNotFoundError, KeyDeletedError):
+            return None
+        if not entry.value:
+            return None
+        snap: dict[str, Any] = msgspec.json.decode(entry.value)
+        return snap
+
+    async def delete_snapshot(self, job_id: str) -> None:
+        await self.snapshots.purge(job_id, msg_ttl=_ttl(self.s.completed_ttl))
+
+    # --- terminal bookkeeping ---------------------------------------------------------------
+
+    async def job_finished(self, rec: JobRecord) -> None:
+        await self.remove_user_index(rec.user_id, rec.stream_id, rec.tenant_id)
+        await self.schedule_cleanup(rec)
+
+    async def schedule_cleanup(self, rec: JobRecord) -> None:
+        """Queue the removal of this generation's event log after ``completed_ttl``."""
+        due = time.time() + self.s.completed_ttl
+        body = _enc.encode({"jobId": rec.stream_id, "createdAt": rec.created_at, "upToSeq": rec.last_seq, "due": due})
+        await self.js.publish(f"{self.s.prefix}.cleanup.{rec.stream_id}", body)
+
+    # --- replicas -------------------------------------------------------------------------
+
+    async def heartbeat(self) -> None:
+        await self.replicas.put(self.replica_id, _enc.encode({"at": time.time()}))
+
+    async def stream_exists(self) -> bool:
+        try:
+            await self.js.stream_info(self.s.stream_name)
+        except NotFoundError:
+            return False
+        return True
