@@ -130,12 +130,28 @@ def _spread(value: Any) -> list[Any]:
 
 
 class _Rope:
-    """A string built by appending; joined only when read."""
+    """A string built by appending; joined only when read.
 
-    __slots__ = ("pieces",)
+    Every ``_GROUP`` appended pieces are joined into one, so a long unread stream holds a few
+    strings per kilobyte rather than one object per token, at amortised constant cost.
+    """
+
+    __slots__ = ("loose", "pieces")
+    _GROUP: Final = 128
 
     def __init__(self, first: str) -> None:
         self.pieces = [first]
+        self.loose = 0  # pieces at the end not yet joined into a group
+
+    def add(self, piece: str) -> None:
+        pieces = self.pieces
+        pieces.append(piece)
+        self.loose += 1
+        if self.loose == self._GROUP:
+            group = "".join(pieces[-self._GROUP :])
+            del pieces[-self._GROUP :]
+            pieces.append(group)
+            self.loose = 0
 
     def value(self) -> str:
         pieces = self.pieces
@@ -143,17 +159,18 @@ class _Rope:
             joined = "".join(pieces)
             pieces.clear()
             pieces.append(joined)
+        self.loose = 0
         return pieces[0]
 
 
 def _js_add(left: Any, right: Any) -> Any:
     """``left + right`` for non-object operands; a string result is a (reused) rope."""
     if isinstance(left, _Rope):
-        left.pieces.append(_js_str(right))
+        left.add(_js_str(right))
         return left
     if isinstance(left, str) or isinstance(right, str):
         rope = _Rope(_js_str(left))
-        rope.pieces.append(_js_str(right))
+        rope.add(_js_str(right))
         return rope
     return (
         int(left) + int(right)
@@ -402,7 +419,30 @@ class ContentAggregator:
             return
         index = step.index
         for part in content if isinstance(content, list) else (content,):
-            self._update(index, part)
+            if not self._append_token(index, part):
+                self._update(index, part)
+
+    def _append_token(self, index: int, part: Any) -> bool:
+        """``updateContent`` for the common case, a bare text/think part on a slot of its kind.
+
+        For such a part the library's only effects are: the string appended, ``tool_call_ids``
+        dropped (text only; no citations come in), the step's metadata applied afresh.
+        """
+        parts = self._parts
+        current = parts[index] if index < len(parts) else None
+        if type(current) is not _TextSlot or type(part) is not dict:
+            return False
+        kind = current.kind
+        piece = part.get(kind)
+        if part.get("type") != kind or type(piece) is not str:
+            return False
+        if len(part) != 2 and not (len(part) == 3 and "index" in part):
+            return False
+        if piece:
+            current.rope.add(piece)
+        current.tool_call_ids = UNDEFINED
+        self._put_text(index, current, current)
+        return True
 
     def _on_run_step(self, data: Any) -> None:
         details = _get(data, "stepDetails")
@@ -598,7 +638,7 @@ class ContentAggregator:
             return  # a new object in the library, so its metadata is fresh, not re-applied
         if part_type.startswith("think") and isinstance(think := part.get("think"), str):
             slot = _TextSlot.of(current, "think")
-            slot.rope.pieces.append(think)
+            slot.rope.add(think)
             self._put_text(index, current, slot)
             return
         if part_type.startswith("agent_update") and not _nullish(part.get("agent_update")):
@@ -630,7 +670,7 @@ class ContentAggregator:
             else:
                 slot.citations = list(cites) if old is UNDEFINED else _spread(old) + cites
         if text:
-            slot.rope.pieces.append(text)
+            slot.rope.add(text)
         if _truthy(ids):
             slot.tool_call_ids = ids
         elif text is not None:
