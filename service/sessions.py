@@ -1,0 +1,729 @@
+"""Durable reader sessions (DESIGN §7.3b): LibreChat's consumer-group API on JetStream.
+
+A reader that wants the *server* to remember how far it got opens a named session on a job. The
+session is a durable pull consumer on the job's subject, so its position survives the reader's
+process, and it needs no state of ours anywhere else. This mirrors RedisJobStore:
+
+==========================================================  =====================================
+RedisJobStore                                               here
+==========================================================  =====================================
+``createConsumerGroup(streamId, group, '0')``               :meth:`SessionStore.open`
+``readChunksFromGroup(streamId, group, consumer, count)``   :meth:`DurableSession.read`
+``acknowledgeChunks(streamId, group, ids)``                 :meth:`DurableSession.ack_many`
+``getPendingChunks(streamId, group, consumer)``             :meth:`DurableSession.pending`
+``deleteConsumerGroup(streamId, group)``                    :meth:`SessionStore.delete`
+==========================================================  =====================================
+
+Deliberate differences:
+
+- **Acknowledgement is a cursor** (``AckPolicy.ALL``): ``ack(seq)`` acknowledges every event of
+  the session with a stream sequence ``<= seq``; ``ack_many(seqs)`` is ``ack(max(seqs))``. Redis
+  ``XACK`` acknowledges ids one by one. Events of a job are processed in order, and only a cursor
+  makes "delivered but unacknowledged" exactly the range ``(ack_floor, delivered]`` of the job's
+  subject, which a new process can list from the server alone (see :meth:`DurableSession.pending`).
+  With ``AckPolicy.EXPLICIT`` the server keeps the set but offers no API to list it.
+- **Errors raise**: Redis answers ``[]`` when the group is missing (NOGROUP), which hides a
+  session that expired; here that is :class:`SessionNotFound`.
+- **One reader per session**: a Redis group can hold several consumers that split the entries;
+  several processes pulling from one session would split the job's events the same way, which a
+  resumable reader never wants. Open one session name per reader.
+
+Consumer names (deterministic, injective, always a valid JetStream name): ``job_id`` and ``name``
+must match ``[A-Za-z0-9_-]{1,128}`` (DESIGN §3) and are checked before anything reaches the
+server. The consumer is ``sess_<len(job_id)>_<job_id>_<name>`` when that is at most 128 characters
+(readable in ``nats consumer ls``; the length prefix makes ``("a_b", "c")`` and ``("a", "b_c")``
+differ), else ``sess_h_<first 40 hex digits of sha256("<job_id>/<name>")>`` (``/`` occurs in
+neither part; a readable name always has a digit after ``sess_``, so the two forms never meet).
+JetStream's limit is 255 characters without ``.``, ``*``, ``>``, whitespace or path separators;
+both forms stay well inside it. The original ids are kept in the consumer's metadata
+(``genjobs_job``, ``genjobs_session``).
+
+Limits, stated honestly:
+
+- ``ack``/``pending``/``info`` cost one or more requests each (consumer info, then an ack request
+  or a Direct Get): sessions are not the hot path; live readers use ordered consumers or the
+  republished subject instead.
+- The Direct Get that :meth:`DurableSession.pending` uses may be answered by any replica of the
+  stream; on a clustered stream a lagging replica can miss the newest events for a moment.
+- Inactivity removal is the server's: a session nobody pulled from for ``session_inactive`` is
+  deleted, but nats-server 2.15 keeps a consumer while deliveries are outstanding, so a session
+  abandoned with unacknowledged events goes later (measured: about threshold + twice the ack wait).
+- Acks are sent as ``$JS.ACK.<stream>.<consumer>.…`` subjects built here (the v1 format that
+  nats-server accepts in the stream's own account). Sessions across account imports or JetStream
+  domains are not supported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
+from typing import Final
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, ReplayPolicy
+
+from schemas.errors import BadRequest, Conflict, GenjobsError, InvalidId, NotFound, Unavailable
+from schemas.events import HDR_INDEX, HDR_KIND, TERMINAL_KINDS
+from schemas.ids import ID_RE
+
+from .config import Settings
+
+__all__ = [
+    "AckNotApplied",
+    "DurableSession",
+    "InvalidSessionId",
+    "NotDelivered",
+    "SessionClosed",
+    "SessionError",
+    "SessionEvent",
+    "SessionInfo",
+    "SessionNotFound",
+    "SessionStore",
+    "SessionUnavailable",
+    "session_consumer_name",
+    "validate_session_ids",
+]
+
+_READABLE_MAX: Final = 128
+# nats.conf sets jetstream.limits.max_request_batch = 1000; a bigger pull request is answered
+# with a 409 that nats-py treats as "no messages", so a larger read would silently return [].
+_MAX_FETCH: Final = 1000
+# Direct Get pages: at most this many events, and the server stops a page once it has sent this
+# many bytes (it always sends at least one event, so an 8 MB final event still comes through).
+_DIRECT_BATCH: Final = 1000
+_DIRECT_MAX_BYTES: Final = 4 * 1024 * 1024
+# An ack is re-sent when a concurrent ack on the same session moved the floor under it.
+_ACK_ATTEMPTS: Final = 3
+_CONSUMER_NOT_FOUND: Final = 10014  # JetStream API err_code
+
+
+# Errors --------------------------------------------------------------------------------------
+
+
+# Each error is also one of the shared service errors (schemas.errors), so the service API maps
+# it to its code (invalid_id, not_found, unavailable, bad_request, conflict) without a table.
+
+
+class SessionError(GenjobsError):
+    """Something about session ``name`` on job ``job_id`` failed."""
+
+    def __init__(self, job_id: str, name: str, message: str, **details: object) -> None:
+        self.job_id = job_id
+        self.name = name
+        super().__init__(
+            f"session {_shown(name)} on job {_shown(job_id)}: {message}",
+            job_id=job_id,
+            session=name,
+            **details,
+        )
+
+
+def _shown(value: str) -> str:
+    """Ids in messages: repr (an invalid one may hold a newline) and cut (it may be huge)."""
+    return repr(value) if len(value) <= 40 else repr(value[:40] + "...")
+
+
+class InvalidSessionId(SessionError, InvalidId, ValueError):
+    """``job_id`` or ``name`` is not ``[A-Za-z0-9_-]{1,128}``; refused before any I/O."""
+
+    def __init__(self, job_id: str, name: str, field: str) -> None:
+        self.field = field
+        super().__init__(
+            job_id, name, f"invalid {field}: must match [A-Za-z0-9_-]{{1,128}}", field=field
+        )
+
+
+class SessionNotFound(SessionError, NotFound):
+    """The session does not exist: never opened, deleted, or removed by the server after
+    ``session_inactive`` seconds without a read. Opening it again starts from the first event."""
+
+    def __init__(self, job_id: str, name: str) -> None:
+        super().__init__(job_id, name, "not found (deleted or expired by inactivity)")
+
+
+class SessionUnavailable(SessionError, Unavailable):
+    """JetStream did not do what was asked (timeout, connection closed, stream missing, API
+    error). The cause is chained; retrying may help."""
+
+
+class SessionClosed(SessionError, BadRequest):
+    """This :class:`DurableSession` object was closed; the server-side session is untouched."""
+
+    def __init__(self, job_id: str, name: str) -> None:
+        super().__init__(job_id, name, "session object is closed")
+
+
+class NotDelivered(SessionError, BadRequest, ValueError):
+    """An ack named a sequence this session has not been delivered yet.
+
+    Refused because JetStream would ignore it (and an acknowledgement of unseen events would be a
+    bug in the caller anyway)."""
+
+    def __init__(self, job_id: str, name: str, seq: int, delivered_seq: int) -> None:
+        self.seq = seq
+        self.delivered_seq = delivered_seq
+        super().__init__(
+            job_id,
+            name,
+            f"cannot acknowledge seq {seq}: only delivered up to {delivered_seq}",
+            seq=seq,
+            delivered_seq=delivered_seq,
+        )
+
+
+class AckNotApplied(SessionError, Conflict):
+    """The server kept ignoring an acknowledgement (acks racing on one session). The events stay
+    pending and will be redelivered; nothing is lost."""
+
+    def __init__(self, job_id: str, name: str, seq: int, ack_floor_seq: int) -> None:
+        self.seq = seq
+        self.ack_floor_seq = ack_floor_seq
+        super().__init__(
+            job_id,
+            name,
+            f"acknowledgement of seq {seq} not applied (ack floor {ack_floor_seq})",
+            seq=seq,
+            ack_floor_seq=ack_floor_seq,
+        )
+
+
+# Wire-facing values --------------------------------------------------------------------------
+
+
+class SessionEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One event as a session sees it. ``data`` is the LibreChat event JSON, untouched, so an SSE
+    gateway can forward it without decoding. ``index`` is -1 and ``kind`` is ``""`` when a message
+    lacks the headers (tolerant decoding: a foreign message must not wedge a session)."""
+
+    seq: int
+    index: int
+    kind: str
+    data: bytes
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind in TERMINAL_KINDS
+
+
+class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """Server-side state of a session (stream sequences, not consumer sequences)."""
+
+    job_id: str
+    name: str
+    consumer: str
+    delivered_seq: int
+    """Highest stream sequence delivered to this session (0: nothing yet)."""
+    ack_floor_seq: int
+    """Every event with ``seq <= ack_floor_seq`` is acknowledged."""
+    num_pending: int
+    """Events stored for the job and not delivered to this session yet."""
+    num_ack_pending: int
+    """Events delivered and not acknowledged: exactly what :meth:`DurableSession.pending` lists
+    (unless some were removed from the stream meanwhile)."""
+    num_redelivered: int
+
+
+# Names ---------------------------------------------------------------------------------------
+
+
+def validate_session_ids(job_id: str, name: str) -> None:
+    """Refuse ids that could inject ``.``, ``*``, ``>`` or whitespace into subjects or names.
+
+    ``fullmatch`` rather than ``match(...$)``: ``$`` also matches before a trailing newline.
+
+    Raises:
+        InvalidSessionId: either id does not match ``[A-Za-z0-9_-]{1,128}``.
+    """
+    if not isinstance(job_id, str) or ID_RE.fullmatch(job_id) is None:
+        raise InvalidSessionId(str(job_id), str(name), "job_id")
+    if not isinstance(name, str) or ID_RE.fullmatch(name) is None:
+        raise InvalidSessionId(job_id, str(name), "name")
+
+
+def session_consumer_name(job_id: str, name: str) -> str:
+    """The durable consumer name of a session (the mapping is described in the module doc).
+
+    Raises:
+        InvalidSessionId: either id is invalid.
+    """
+    validate_session_ids(job_id, name)
+    readable = f"sess_{len(job_id)}_{job_id}_{name}"
+    if len(readable) <= _READABLE_MAX:
+        return readable
+    digest = hashlib.sha256(f"{job_id}/{name}".encode()).hexdigest()[:40]
+    return f"sess_h_{digest}"
+
+
+# Helpers -------------------------------------------------------------------------------------
+
+
+def _status(msg: Msg) -> str | None:
+    headers = msg.headers
+    return None if headers is None else headers.get("Status")
+
+
+def _event(seq: int, msg: Msg) -> SessionEvent:
+    headers = msg.headers or {}
+    raw_index = headers.get(HDR_INDEX, "")
+    return SessionEvent(
+        seq=seq,
+        index=int(raw_index) if raw_index.isdecimal() else -1,
+        kind=headers.get(HDR_KIND, ""),
+        data=msg.data,
+    )
+
+
+def _direct_event(msg: Msg) -> SessionEvent:
+    """A Direct Get reply carries the stored headers plus ``Nats-Sequence``.
+
+    Raises:
+        nats.js.errors.APIError: the sequence is missing (paging could not advance without it).
+    """
+    raw = (msg.headers or {}).get("Nats-Sequence", "")
+    if not raw.isdecimal():
+        raise nats.js.errors.APIError(
+            description=f"direct get reply without Nats-Sequence: {raw!r}"
+        )
+    return _event(int(raw), msg)
+
+
+def _seq_pair(info: ConsumerInfo) -> tuple[int, int, int, int]:
+    """(ack floor stream seq, ack floor consumer seq, delivered stream seq, delivered consumer seq)."""
+    floor, delivered = info.ack_floor, info.delivered
+    return (
+        floor.stream_seq if floor else 0,
+        floor.consumer_seq if floor else 0,
+        delivered.stream_seq if delivered else 0,
+        delivered.consumer_seq if delivered else 0,
+    )
+
+
+class _Api:
+    """The JetStream calls a store and its sessions share, with nats-py errors translated here,
+    at the boundary, into :class:`SessionError` subclasses (cause chained)."""
+
+    def __init__(self, nc: NATS, settings: Settings) -> None:
+        self.nc = nc
+        self.settings = settings
+        self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout)
+        self.stream = settings.stream_name
+
+    @asynccontextmanager
+    async def boundary(
+        self, job_id: str, name: str, consumer: str, what: str
+    ) -> AsyncIterator[None]:
+        try:
+            yield
+        except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as e:
+            # Nobody answered on the consumer's subjects: either it is gone or JetStream is
+            # briefly unavailable (leader election). Ask once which, so callers can tell.
+            raise await self._gone_or_unavailable(job_id, name, consumer, what, e) from e
+        except nats.js.errors.NotFoundError as e:
+            if e.err_code == _CONSUMER_NOT_FOUND:
+                raise SessionNotFound(job_id, name) from e
+            raise SessionUnavailable(job_id, name, f"{what}: {e}") from e
+        except nats.errors.Error as e:
+            raise SessionUnavailable(job_id, name, f"{what}: {e}") from e
+
+    async def _gone_or_unavailable(
+        self, job_id: str, name: str, consumer: str, what: str, cause: Exception
+    ) -> SessionError:
+        try:
+            await self.js.consumer_info(self.stream, consumer)
+        except nats.js.errors.NotFoundError:
+            return SessionNotFound(job_id, name)
+        except nats.errors.Error as probe:
+            return SessionUnavailable(
+                job_id, name, f"{what}: {cause!r}; consumer info also failed: {probe!r}"
+            )
+        return SessionUnavailable(job_id, name, f"{what}: {cause!r} (the session exists)")
+
+    async def direct_last(self, subject: str) -> SessionEvent | None:
+        """The last stored event of ``subject``, or None when it has none."""
+        req = json.dumps({"last_by_subj": subject}).encode()
+        msg = await self.nc.request(
+            f"$JS.API.DIRECT.GET.{self.stream}", req, timeout=self.settings.request_timeout
+        )
+        status = _status(msg)
+        if status == "404":
+            return None
+        if status is not None:
+            raise nats.js.errors.APIError(code=int(status), description=str(msg.headers))
+        return _direct_event(msg)
+
+    async def direct_batch(self, start: int, subject: str, batch: int) -> list[SessionEvent]:
+        """Events of ``subject`` from stream sequence ``start`` on, at most ``batch`` of them.
+
+        nats-py does not wrap the batched Direct Get: the replies are individual messages on our
+        inbox, closed by a ``204 EOB`` status message (``404`` when nothing matches).
+        """
+        req = json.dumps(
+            {"seq": start, "next_by_subj": subject, "batch": batch, "max_bytes": _DIRECT_MAX_BYTES}
+        ).encode()
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        out: list[SessionEvent] = []
+        try:
+            await self.nc.publish(f"$JS.API.DIRECT.GET.{self.stream}", req, reply=inbox)
+            try:
+                async with asyncio.timeout(self.settings.request_timeout):
+                    async for msg in sub.messages:
+                        status = _status(msg)
+                        if status is None:
+                            out.append(_direct_event(msg))
+                        elif status in ("204", "404"):
+                            break
+                        elif status == "503":
+                            raise nats.js.errors.APIError(
+                                code=503,
+                                description="direct get: no responder (stream missing or "
+                                "allow_direct off)",
+                            )
+                        else:
+                            raise nats.js.errors.APIError(
+                                code=int(status), description=str(msg.headers)
+                            )
+            except TimeoutError as e:
+                raise nats.errors.TimeoutError from e
+        finally:
+            await sub.unsubscribe()
+        return out
+
+
+# Store and sessions --------------------------------------------------------------------------
+
+
+class SessionStore:
+    """Opens, inspects and deletes durable reader sessions on the event stream.
+
+    Sessions are configured from ``settings``: ``session_ack_wait`` (an unacknowledged event is
+    delivered again after this long) and ``session_inactive`` (the server deletes a session that
+    nobody read from for this long, so abandoned sessions never pile up).
+    ``max_ack_pending`` bounds delivered-but-unacknowledged events per session: a reader that
+    never acknowledges stops receiving new events instead of growing server state.
+    """
+
+    def __init__(self, nc: NATS, settings: Settings, *, max_ack_pending: int = 1000) -> None:
+        """No I/O here, so invalid ids can be refused before anything reaches the server.
+
+        Raises:
+            ValueError: ``max_ack_pending`` < 1.
+        """
+        if max_ack_pending < 1:
+            raise ValueError(f"max_ack_pending must be >= 1, got {max_ack_pending}")
+        self._api = _Api(nc, settings)
+        self._settings = settings
+        self._max_ack_pending = max_ack_pending
+
+    def _config(self, job_id: str, name: str, consumer: str) -> ConsumerConfig:
+        s = self._settings
+        return ConsumerConfig(
+            name=consumer,
+            durable_name=consumer,
+            description=f"genjobs reader session {name} on job {job_id}",
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.ALL,
+            ack_wait=s.session_ack_wait,
+            filter_subject=s.events_subject(job_id),
+            replay_policy=ReplayPolicy.INSTANT,
+            max_ack_pending=self._max_ack_pending,
+            inactive_threshold=s.session_inactive,
+            metadata={"genjobs_job": job_id, "genjobs_session": name},
+        )
+
+    async def open(self, job_id: str, name: str) -> DurableSession:
+        """Create the session, or bind to it if it exists (its position is kept).
+
+        Idempotent like ``createConsumerGroup`` (BUSYGROUP is fine). Opening an existing session
+        applies the current settings' ack wait and inactivity threshold to it. The job need not
+        have events yet. The returned object holds a subscription: close it (or use
+        ``async with``) when done; that does not delete the session.
+
+        Raises:
+            InvalidSessionId: ``job_id`` or ``name`` is invalid (nothing was sent).
+            SessionUnavailable: JetStream refused or did not answer (e.g. stream not provisioned,
+                or the session exists with a configuration that cannot be updated).
+        """
+        consumer = session_consumer_name(job_id, name)
+        api = self._api
+        async with api.boundary(job_id, name, consumer, "open"):
+            info = await api.js.add_consumer(api.stream, self._config(job_id, name, consumer))
+            last = await api.direct_last(self._settings.events_subject(job_id))
+            psub = await api.js.pull_subscribe_bind(durable=consumer, stream=api.stream)
+        _, _, delivered_seq, _ = _seq_pair(info)
+        # A session whose terminal event was delivered in an earlier process is finished from
+        # the start: nothing new will ever come, only pending() may still hold work.
+        finished = last is not None and last.terminal and last.seq <= delivered_seq
+        return DurableSession(api, job_id, name, consumer, psub, finished=finished)
+
+    async def exists(self, job_id: str, name: str) -> bool:
+        """Whether the session exists on the server (does not count as activity).
+
+        Raises:
+            InvalidSessionId: ``job_id`` or ``name`` is invalid (nothing was sent).
+            SessionUnavailable: JetStream did not answer.
+        """
+        consumer = session_consumer_name(job_id, name)
+        api = self._api
+        async with api.boundary(job_id, name, consumer, "exists"):
+            try:
+                await api.js.consumer_info(api.stream, consumer)
+            except nats.js.errors.NotFoundError:
+                return False  # consumer, or the whole stream, is absent: no session either way
+        return True
+
+    async def delete(self, job_id: str, name: str) -> bool:
+        """Delete the session; True if it existed. Idempotent, like ``deleteConsumerGroup``.
+
+        Raises:
+            InvalidSessionId: ``job_id`` or ``name`` is invalid (nothing was sent).
+            SessionUnavailable: JetStream did not answer.
+        """
+        consumer = session_consumer_name(job_id, name)
+        api = self._api
+        async with api.boundary(job_id, name, consumer, "delete"):
+            try:
+                return bool(await api.js.delete_consumer(api.stream, consumer))
+            except nats.js.errors.NotFoundError:
+                return False
+
+
+class DurableSession:
+    """A handle on one session. Everything that matters lives on the server; this object only
+    caches delivery sequences to keep the server's ack floor exact, so a new process can pick
+    up any session with :meth:`SessionStore.open`.
+
+    Semantics (``AckPolicy.ALL``):
+
+    - :meth:`read` returns events never delivered to this session, plus events whose
+      ``session_ack_wait`` ran out without an acknowledgement (redeliveries come first, in order).
+    - :meth:`ack` moves the acknowledgement cursor: every event with ``seq <=`` the given one is
+      acknowledged. It works for events received by an earlier process, before their redelivery.
+    - :meth:`pending` lists delivered-but-unacknowledged events from server state alone: the job's
+      events in ``(ack floor, last delivered]``.
+    """
+
+    def __init__(
+        self,
+        api: _Api,
+        job_id: str,
+        name: str,
+        consumer: str,
+        psub: JetStreamContext.PullSubscription,
+        *,
+        finished: bool,
+    ) -> None:
+        self._api = api
+        self.job_id = job_id
+        self.name = name
+        self.consumer = consumer
+        self._subject = api.settings.events_subject(job_id)
+        self._psub = psub
+        self._finished = finished
+        self._closed = False
+        self._read_lock = asyncio.Lock()
+        # stream seq -> consumer (delivery) seq of the latest delivery received in this process.
+        # Only used to send the server its true delivery sequence in acks; bounded by
+        # max_ack_pending because acknowledged entries are dropped.
+        self._dseq: dict[int, int] = {}
+
+    @property
+    def finished(self) -> bool:
+        """The job's terminal event (``final``/``error``) has been delivered to this session, in
+        this process or an earlier one. Nothing new will come; :meth:`pending` may still list
+        unacknowledged events."""
+        return self._finished
+
+    def _boundary(self, what: str) -> AbstractAsyncContextManager[None]:
+        if self._closed:
+            raise SessionClosed(self.job_id, self.name)
+        return self._api.boundary(self.job_id, self.name, self.consumer, what)
+
+    async def read(self, max_events: int = 100, timeout: float = 1.0) -> list[SessionEvent]:
+        """Up to ``max_events`` (capped at 1000) unseen or redelivered events, in order.
+
+        Waits at most ``timeout`` seconds for the first one and returns ``[]`` if none came: an
+        idle job is not an error. ``[]`` also means the session holds ``max_ack_pending``
+        unacknowledged events: acknowledge to receive more. Reading counts as activity for the
+        inactivity threshold.
+
+        Raises:
+            ValueError: ``max_events`` < 1 or ``timeout`` <= 0.
+            SessionClosed: this object was closed.
+            SessionNotFound: the session was deleted or expired.
+            SessionUnavailable: JetStream failed.
+        """
+        if max_events < 1:
+            raise ValueError(f"max_events must be >= 1, got {max_events}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {timeout}")
+        async with self._read_lock, self._boundary("read"):
+            try:
+                msgs = await self._psub.fetch(min(max_events, _MAX_FETCH), timeout=timeout)
+            except TimeoutError:
+                # nats-py's own fetch deadline (nats.errors.TimeoutError or asyncio's): nothing
+                # arrived. A caller's cancellation arrives as CancelledError and passes through.
+                return []
+        events: list[SessionEvent] = []
+        for msg in msgs:
+            seqs = msg.metadata.sequence
+            self._dseq[seqs.stream] = seqs.consumer
+            event = _event(seqs.stream, msg)
+            if event.terminal:
+                self._finished = True
+            events.append(event)
+        return events
+
+    async def ack(self, seq: int) -> None:
+        """Acknowledge every event of this session with stream sequence ``<= seq``.
+
+        Returns once the server's ack floor is at or above ``seq`` (the ack is sent as a request
+        and checked). A sequence already acknowledged is a no-op. Works for events delivered to
+        an earlier process: the ack subject is rebuilt from the sequence, with the delivery
+        sequence this process saw for it, or ``floor + 1`` when it saw none.
+
+        JetStream's AckAll ignores an ack whose delivery sequence is not above the floor's; a
+        partial redelivery (event 1 redelivered and acknowledged while event 2 still carries its
+        older delivery) makes a plain ``msg.ack()`` vanish that way. The delivery sequence sent
+        is therefore never below ``floor + 1``, so acks from this class land. The server's
+        recorded delivery floor may then differ from the true one; the only effect is that a
+        plain ack sent by another client could be ignored and its event redelivered (never
+        lost). Costs two consumer-info requests and one ack request.
+
+        Raises:
+            ValueError: ``seq`` < 1.
+            NotDelivered: ``seq`` is above the last delivered sequence.
+            AckNotApplied: concurrent acks kept moving the floor under this one.
+            SessionClosed: this object was closed.
+            SessionNotFound: the session was deleted or expired.
+            SessionUnavailable: JetStream failed.
+        """
+        if seq < 1:
+            raise ValueError(f"seq must be >= 1, got {seq}")
+        api = self._api
+        floor_seq = 0
+        async with self._boundary("ack"):
+            for attempt in range(_ACK_ATTEMPTS + 1):
+                info = await api.js.consumer_info(api.stream, self.consumer)
+                floor_seq, floor_dseq, delivered_seq, _ = _seq_pair(info)
+                if seq <= floor_seq:
+                    self._dseq = {s: d for s, d in self._dseq.items() if s > floor_seq}
+                    return
+                if seq > delivered_seq:
+                    raise NotDelivered(self.job_id, self.name, seq, delivered_seq)
+                if attempt == _ACK_ATTEMPTS:
+                    break
+                dseq = max(self._dseq.get(seq, 0), floor_dseq + 1)
+                # v1 ack subject: $JS.ACK.<stream>.<consumer>.<deliveries>.<sseq>.<dseq>.<ts>.<pending>;
+                # the server reads sseq and dseq, deliveries/ts/pending only feed advisories.
+                await api.nc.request(
+                    f"$JS.ACK.{api.stream}.{self.consumer}.1.{seq}.{dseq}.0.0",
+                    b"+ACK",
+                    timeout=api.settings.request_timeout,
+                )
+        raise AckNotApplied(self.job_id, self.name, seq, floor_seq)
+
+    async def ack_many(self, seqs: Iterable[int]) -> None:
+        """Acknowledge through the highest of ``seqs`` (cursor semantics: events between them
+        are acknowledged too). An empty iterable is a no-op, as in ``acknowledgeChunks``.
+
+        Raises:
+            Same as :meth:`ack`.
+        """
+        highest = max(seqs, default=None)
+        if highest is not None:
+            await self.ack(highest)
+
+    async def pending(self) -> list[SessionEvent]:
+        """Delivered-but-unacknowledged events, in order, read from server state only.
+
+        With a cursor ack policy these are exactly the job's events in
+        ``(ack_floor_seq, delivered_seq]``; they are fetched with batched Direct Gets, so this
+        works in a new process after a crash, before any redelivery. A snapshot: reads and acks
+        running concurrently may make it stale at once. Events purged from the stream (after
+        ``completed_ttl``) are no longer listed.
+
+        Raises:
+            SessionClosed: this object was closed.
+            SessionNotFound: the session was deleted or expired.
+            SessionUnavailable: JetStream failed.
+        """
+        api = self._api
+        events: list[SessionEvent] = []
+        async with self._boundary("pending"):
+            info = await api.js.consumer_info(api.stream, self.consumer)
+            floor_seq, _, delivered_seq, _ = _seq_pair(info)
+            remaining = info.num_ack_pending or 0
+            start = floor_seq + 1
+            while remaining > 0 and start <= delivered_seq:
+                page = await api.direct_batch(start, self._subject, min(remaining, _DIRECT_BATCH))
+                if not page:
+                    break
+                for event in page:
+                    if event.seq > delivered_seq:
+                        remaining = 0
+                        break
+                    events.append(event)
+                    remaining -= 1
+                start = page[-1].seq + 1
+        if any(e.terminal for e in events):
+            self._finished = True
+        return events
+
+    async def info(self) -> SessionInfo:
+        """The session's server-side position and counters.
+
+        Raises:
+            SessionClosed: this object was closed.
+            SessionNotFound: the session was deleted or expired.
+            SessionUnavailable: JetStream failed.
+        """
+        api = self._api
+        async with self._boundary("info"):
+            info = await api.js.consumer_info(api.stream, self.consumer)
+        floor_seq, _, delivered_seq, _ = _seq_pair(info)
+        return SessionInfo(
+            job_id=self.job_id,
+            name=self.name,
+            consumer=self.consumer,
+            delivered_seq=delivered_seq,
+            ack_floor_seq=floor_seq,
+            num_pending=info.num_pending or 0,
+            num_ack_pending=info.num_ack_pending or 0,
+            num_redelivered=info.num_redelivered or 0,
+        )
+
+    async def close(self) -> None:
+        """Drop this handle's subscription. The session stays on the server (delete it with
+        :meth:`SessionStore.delete`, or let the inactivity threshold remove it). Idempotent.
+
+        Raises:
+            SessionUnavailable: unsubscribing failed on a live connection.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._api.nc.is_closed:
+            return  # the subscription died with its connection; nothing left to release
+        async with self._api.boundary(self.job_id, self.name, self.consumer, "close"):
+            await self._psub.unsubscribe()
+
+    async def __aenter__(self) -> DurableSession:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
