@@ -1,14 +1,15 @@
-"""LibreChat's abort final event and abort text, built from what the owner knows.
+"""The abort final event and abort text, from what a job's record and aggregator hold.
 
-Shapes follow LibreChat's abort path (GenerationJobManager.abortJob and the agents abort
-controller): ``aborted: true``; when nothing was generated, ``earlyAbort: true`` and
-``conversation: null``; otherwise a ``responseMessage`` holding the content so far with
-``unfinished: true``, whose ``messageId`` is the job's responseMessageId or ``<userMessageId>_``.
+The event's shape is LibreChat's (``schemas.events.abort_final_event``); this module only maps a
+job record onto it, so the owner and a replica taking over a dead owner's job build the same
+event.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from schemas.events import abort_final_event
 
 
 def parse_text(content: list[Any]) -> str:
@@ -32,34 +33,15 @@ def parse_text(content: list[Any]) -> str:
     return out
 
 
-def build_abort_final(job: dict[str, Any], content: list[Any], early: bool) -> dict[str, Any]:
-    """The final event an aborted job ends with."""
-    user_message = job.get("userMessage") or {}
-    user_id = user_message.get("messageId") if isinstance(user_message, dict) else None
-    conversation_id = job.get("conversationId")
-    message_id = job.get("responseMessageId") or (f"{user_id}_" if user_id else None)
-    event: dict[str, Any] = {
-        "final": True,
-        "aborted": True,
-        "requestMessage": user_message or None,
-    }
-    if early:
-        event["earlyAbort"] = True
-        event["conversation"] = None
-        event["responseMessage"] = None
-        return event
-    response: dict[str, Any] = {
-        "messageId": message_id,
-        "parentMessageId": user_id,
-        "conversationId": conversation_id,
-        "content": content,
-        "isCreatedByUser": False,
-        "unfinished": True,
-        "error": False,
-    }
-    for key in ("sender", "endpoint", "model", "iconURL"):
-        if job.get(key) is not None:
-            response[key] = job[key]
-    event["conversation"] = {"conversationId": conversation_id} if conversation_id else None
-    event["responseMessage"] = response
-    return event
+def build_abort_final(job: dict[str, Any], content: list[Any]) -> dict[str, Any]:
+    """LibreChat's abort final for ``job`` (a record as JSON) with ``content`` generated so far.
+
+    ``earlyAbort`` follows LibreChat's rule: no content and no responseMessageId yet.
+    """
+    return abort_final_event(
+        user_message=job.get("userMessage"),
+        response_message_id=job.get("responseMessageId"),
+        content=content,
+        conversation_id=job.get("conversationId"),
+        sender=job.get("sender"),
+    )

@@ -67,7 +67,7 @@ class Registry:
         tasks = list(self._tasks.values())
         if not tasks:
             return True
-        done, pending = await asyncio.wait(tasks, timeout=timeout)
+        _done, pending = await asyncio.wait(tasks, timeout=timeout)
         return not pending
 
     def cancel_all(self) -> None:

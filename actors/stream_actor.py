@@ -30,7 +30,6 @@ from .abort import build_abort_final, parse_text
 from .aggregator import ContentAggregator
 from .coalesce import try_merge
 from .inbox import Inbox, InboxClosed
-from .kinds import classify
 from .port import ActorPort
 
 log = logging.getLogger("genjobs.actor")
@@ -245,12 +244,22 @@ class StreamActor:
 
     async def _ingest(self, c: Ingest) -> None:
         if self._finish is not None or self.rec.status.terminal:
-            _resolve(c.fut, {"ok": False, "nextIndex": self._ingested, "aborted": self.aborted.is_set(), "ended": True})
+            _resolve(
+                c.fut,
+                {
+                    "ok": False,
+                    "nextIndex": self._ingested,
+                    "aborted": self.aborted.is_set(),
+                    "ended": True,
+                },
+            )
             return
         if c.first_index > self._ingested:
             from schemas.errors import BadRequest
 
-            _reject(c.fut, BadRequest(f"gap: expected firstIndex {self._ingested}, got {c.first_index}"))
+            _reject(
+                c.fut, BadRequest(f"gap: expected firstIndex {self._ingested}, got {c.first_index}")
+            )
             return
         if c.metadata:
             self._set_meta(c.metadata)
@@ -284,7 +293,10 @@ class StreamActor:
                 if f.exception() is not None:
                     _reject(reply_fut, f.exception() or RuntimeError())
                 else:
-                    _resolve(reply_fut, {"ok": True, "nextIndex": self._ingested, "seq": f.result().get("seq")})
+                    _resolve(
+                        reply_fut,
+                        {"ok": True, "nextIndex": self._ingested, "seq": f.result().get("seq")},
+                    )
 
             terminal.fut.add_done_callback(done_terminal)
             return
@@ -296,7 +308,15 @@ class StreamActor:
             if f.exception() is not None:
                 _reject(reply_fut, f.exception() or RuntimeError())
             else:
-                _resolve(reply_fut, {"ok": True, "nextIndex": self._ingested, "seq": f.result(), "aborted": self.aborted.is_set()})
+                _resolve(
+                    reply_fut,
+                    {
+                        "ok": True,
+                        "nextIndex": self._ingested,
+                        "seq": f.result(),
+                        "aborted": self.aborted.is_set(),
+                    },
+                )
 
         barrier.add_done_callback(done)
         self._barriers.append((self.stats.produced, barrier))
@@ -383,7 +403,11 @@ class StreamActor:
             if e.code != "conflict":
                 raise
             loaded = await self.port.load_record(self.job_id)
-            if loaded is None or loaded[0].status.terminal or loaded[0].owner != self.port.replica_id:
+            if (
+                loaded is None
+                or loaded[0].status.terminal
+                or loaded[0].owner != self.port.replica_id
+            ):
                 raise OwnershipLost(self.job_id, "record changed by another replica") from e
             # Still ours (e.g. a retried write that landed): adopt the revision and retry once.
             self.rev = loaded[1]
@@ -429,8 +453,7 @@ class StreamActor:
             event = {"error": f.message or "error"}
             kind, status = "error", JobStatus.ERROR
         else:
-            early = not self.agg.has_content()
-            event = build_abort_final(record_to_dict(r), self.agg.content_filtered(), early)
+            event = build_abort_final(record_to_dict(r), self.agg.content_filtered())
             kind, status = "final", JobStatus.ABORTED
         seq = await self.port.publish_event(
             self.job_id, _encode(event), kind, self._next_index, self._last_seq
@@ -561,5 +584,4 @@ __all__ = [
     "StreamActor",
     "UpdateMeta",
     "already_claimed_result",
-    "classify",
 ]

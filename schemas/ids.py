@@ -13,11 +13,15 @@ def check_id(value: object, field: str = "id") -> str:
     """Return ``value`` if it is a safe identifier.
 
     Raises:
-        InvalidId: not a string of 1–128 characters from ``[A-Za-z0-9_-]`` (so no ``.``, ``*``,
+        InvalidId: not a string of 1 to 128 characters from ``[A-Za-z0-9_-]`` (so no ``.``, ``*``,
             ``>`` or whitespace can reach a subject).
     """
     if not isinstance(value, str) or not ID_RE.fullmatch(value):
-        shown = repr(value) if not isinstance(value, str) or len(value) <= 40 else repr(value[:40] + "…")
+        shown = (
+            repr(value)
+            if not isinstance(value, str) or len(value) <= 40
+            else repr(value[:40] + "…")
+        )
         raise InvalidId(f"{field} must match {ID_RE.pattern}, got {shown}", field=field)
     return value
 

@@ -15,9 +15,10 @@ import asyncio
 import logging
 import random
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from .config import Settings
@@ -109,50 +110,52 @@ class Liveness:
 class CleanupWorker:
     """Removes finished jobs' event logs after ``completed_ttl``.
 
-    Each finished job leaves one message on the cleanup work queue; one durable consumer shared
-    by all replicas hands each message to exactly one of them, and a message that is not due
-    yet is nak'ed with the remaining delay — no scanning, no timers per job.
+    Each finished job leaves one message on the cleanup work queue; one durable consumer,
+    delivered to a queue group of all replicas, hands each message to exactly one of them, and
+    a message that is not due yet is nak'ed with the remaining delay: no scanning, no timer per
+    job. It is a callback subscription rather than a pull loop because nats-py's pull ``fetch``
+    swallows task cancellation, which made shutdown wait for the fetch timeout.
     """
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.s = settings
         self.purged = 0
+        self._sub: Any = None
 
-    async def run(self) -> None:
+    async def start(self) -> None:
         from nats.js.api import AckPolicy, ConsumerConfig
 
         stream = self.s.stream_name.removesuffix("_EVENTS") + "_CLEANUP"
-        sub = await self.store.js.pull_subscribe(
+        self._sub = await self.store.js.subscribe(
             f"{self.s.prefix}.cleanup.*",
+            queue="cleanup",
             durable="cleanup",
             stream=stream,
+            cb=self._handle,
+            manual_ack=True,
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=-1),
         )
-        try:
-            while True:
-                try:
-                    msgs = await sub.fetch(16, timeout=5)
-                except TimeoutError:
-                    continue
-                for msg in msgs:
-                    await self._handle(msg)
-        finally:
-            await sub.unsubscribe()
 
-    async def _handle(self, msg: object) -> None:
-        from nats.aio.msg import Msg
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
 
-        assert isinstance(msg, Msg)
-        body = msgspec.json.decode(msg.data)
-        remaining = float(body.get("due", 0)) - time.time()
-        if remaining > 0:
-            await msg.nak(delay=remaining)
-            return
-        job_id = str(body["jobId"])
+    async def _handle(self, msg: Msg) -> None:
         try:
-            await self.store.purge_events(job_id, up_to_seq=int(body["upToSeq"]))
-        except NotFoundError:
-            pass  # the stream itself is gone (test teardown): nothing to purge
-        self.purged += 1
-        await msg.ack()
+            body = msgspec.json.decode(msg.data)
+            remaining = float(body.get("due", 0)) - time.time()
+            if remaining > 0:
+                await msg.nak(delay=remaining)
+                return
+            job_id = str(body["jobId"])
+            try:
+                await self.store.purge_events(job_id, up_to_seq=int(body["upToSeq"]))
+            except NotFoundError:
+                log.info("cleanup of %s: event stream not found, nothing to purge", job_id)
+            self.purged += 1
+            await msg.ack()
+        except (msgspec.DecodeError, KeyError, ValueError, TypeError) as e:
+            log.error("dropping a malformed cleanup message: %r", e)
+            await msg.term()

@@ -33,6 +33,7 @@ from .store import Store
 
 if TYPE_CHECKING:
     from actors.registry import Registry
+
     from .liveness import Liveness
 
 log = logging.getLogger("genjobs.ops")
@@ -69,7 +70,9 @@ class JobOps:
 
     # --- reads ----------------------------------------------------------------------------
 
-    async def record(self, job_id: str, user_id: str, tenant_id: str | None) -> tuple[JobRecord, int]:
+    async def record(
+        self, job_id: str, user_id: str, tenant_id: str | None
+    ) -> tuple[JobRecord, int]:
         """Raises: NotFound, Forbidden."""
         loaded = await self.store.load_record(job_id)
         if loaded is None:
@@ -77,7 +80,9 @@ class JobOps:
         authorize(loaded[0], user_id, tenant_id)
         return loaded
 
-    async def resume(self, job_id: str, user_id: str, tenant_id: str | None = None) -> dict[str, Any]:
+    async def resume(
+        self, job_id: str, user_id: str, tenant_id: str | None = None
+    ) -> dict[str, Any]:
         """Resume snapshot valid at its ``seq``: ask the owner, else the last stored snapshot.
 
         Cost does not grow with the job: the owner answers from memory, and the stored snapshot
@@ -124,7 +129,9 @@ class JobOps:
             return None
         return body
 
-    async def status(self, job_id: str, user_id: str, tenant_id: str | None = None) -> dict[str, Any]:
+    async def status(
+        self, job_id: str, user_id: str, tenant_id: str | None = None
+    ) -> dict[str, Any]:
         snap = await self.resume(job_id, user_id, tenant_id)
         rec, _ = await self.record(job_id, user_id, tenant_id)
         return {
@@ -196,7 +203,9 @@ class JobOps:
             body["tenantId"] = tenant_id
         try:
             reply = await self.store.nc.request(
-                self.s.abort_subject(rec.stream_id), _enc.encode(body), timeout=self.s.request_timeout
+                self.s.abort_subject(rec.stream_id),
+                _enc.encode(body),
+                timeout=self.s.request_timeout,
             )
         except (NoRespondersError, NatsTimeout):
             return None
@@ -247,13 +256,18 @@ class JobOps:
         if abort_by is not None:
             agg = await self.replay(job_id, up_to_seq=last_seq)
             content = agg.content_filtered()
-            event = build_abort_final(record_to_dict(rec), content, not agg.has_content())
+            event = build_abort_final(record_to_dict(rec), content)
             kind, status = "final", JobStatus.ABORTED
         else:
             event = {"error": error or "owner lost"}
             kind, status = "error", JobStatus.ERROR
         seq = await self.store.publish_event(
-            job_id, _enc.encode(event), kind, index, last_seq, writer=f"takeover:{self.s.replica_id}"
+            job_id,
+            _enc.encode(event),
+            kind,
+            index,
+            last_seq,
+            writer=f"takeover:{self.s.replica_id}",
         )
         rec.status = status
         rec.completed_at = now_ms()

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 from types import TracebackType
 from typing import Any
 
 from actors.inbox import InboxClosed
-from actors.kinds import TERMINAL_KINDS, classify
 from actors.stream_actor import Emit, Finish, Flush, RecordUsage, Snapshot, StreamActor, UpdateMeta
 from schemas.errors import BadRequest, JobEnded
+from schemas.events import classify, is_terminal
 from schemas.job import JobRecord
+
+log = logging.getLogger("genjobs.producer")
 
 
 class EmitResult(enum.Enum):
@@ -74,13 +77,13 @@ class JobHandle:
             kind = classify(event)
         except ValueError as e:
             raise BadRequest(str(e)) from e
-        if kind in TERMINAL_KINDS:
+        if is_terminal(kind):
             raise BadRequest("terminal events go through complete() or fail()")
         actor = self._actor
         if not actor.accepting:
             return EmitResult.ENDED
         try:
-            await actor.inbox.put_event(Emit(event, kind))
+            await actor.inbox.put_event(Emit(event, kind.value))
         except InboxClosed:
             return EmitResult.ENDED
         return EmitResult.ACCEPTED
@@ -161,7 +164,9 @@ class JobHandle:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._actor.ended.is_set() or not self._actor.accepting and self._actor.aborted.is_set():
+        if self._actor.ended.is_set() or (
+            not self._actor.accepting and self._actor.aborted.is_set()
+        ):
             # Already finished, or aborted: the actor writes the abort final on its own.
             if exc_type is asyncio.CancelledError and self._actor.aborted.is_set():
                 await self._actor.ended.wait()
@@ -174,4 +179,5 @@ class JobHandle:
         try:
             await self.fail(message)
         except JobEnded:
-            pass  # it ended concurrently (abort won the race); its terminal event exists
+            # It ended concurrently (an abort won the race); its terminal event exists.
+            log.debug("job %s ended before the producer's exit could fail it", self.job_id)

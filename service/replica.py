@@ -85,6 +85,7 @@ class Replica:
         self.ops = JobOps(self.store, self.s, self.registry, self.liveness)
         self.cleanup = CleanupWorker(self.store, self.s)
         await self.store.heartbeat()
+        await self.cleanup.start()
         p = self.s.prefix
         self._subs = [
             await self.nc.subscribe(f"{p}.abort.*", cb=self._on_abort),
@@ -105,7 +106,6 @@ class Replica:
                     tg.create_task(self.liveness.heartbeat_loop(), name="heartbeat"),
                     tg.create_task(self.liveness.watch_loop(), name="liveness-watch"),
                     tg.create_task(self.liveness.janitor_loop(self.ops), name="janitor"),
-                    tg.create_task(self.cleanup.run(), name="cleanup"),
                 ]
                 self._ready.set_result(None)
                 await self._stop.wait()
@@ -141,7 +141,9 @@ class Replica:
             done, pending = await asyncio.wait(futures, timeout=self.s.shutdown_grace)
             for f in done:
                 if f.exception() is not None:
-                    log.warning("shutdown: a job ended without its terminal event: %s", f.exception())
+                    log.warning(
+                        "shutdown: a job ended without its terminal event: %s", f.exception()
+                    )
             if pending:
                 log.error("shutdown: %d jobs did not finish within the grace period", len(pending))
         # 3. wait for the actors, then stop the background tasks
@@ -153,6 +155,7 @@ class Replica:
             except* asyncio.CancelledError:
                 pass
         # 4. flush publish acks and say goodbye
+        await self.cleanup.stop()
         await self.store.close()
         with contextlib.suppress(Exception):
             await self.store.replicas.purge(self.replica_id)
@@ -310,7 +313,11 @@ class Replica:
             user_id = body.get("userId")
             if user_id is None:
                 raise BadRequest("userId is required")
-            authorize(actor.rec, check_id(user_id, "userId"), check_optional_id(body.get("tenantId"), "tenantId"))
+            authorize(
+                actor.rec,
+                check_id(user_id, "userId"),
+                check_optional_id(body.get("tenantId"), "tenantId"),
+            )
             result = await abort_local(actor, by=str(body.get("by", "abort-subject")))
             reply: bytes = _enc.encode(result)
         except msgspec.DecodeError:
@@ -330,7 +337,9 @@ class Replica:
             elif op == "snapshot":
                 reply = _enc.encode(actor.snapshot())
             else:
-                reply = _enc.encode({"error": {"code": "bad_request", "message": f"unknown op {op}"}})
+                reply = _enc.encode(
+                    {"error": {"code": "bad_request", "message": f"unknown op {op}"}}
+                )
         except (msgspec.DecodeError, AttributeError):
             reply = _enc.encode({"error": {"code": "bad_request", "message": "malformed request"}})
         if msg.reply:
