@@ -11,26 +11,9 @@ from typing import Any
 
 from schemas.events import abort_final_event
 
+from .aggregator import parse_text_parts as parse_text
 
-def parse_text(content: list[Any]) -> str:
-    """LibreChat's ``parseTextParts``: text and think parts in order, one space between two
-    parts unless either side of the join already has one."""
-    out = ""
-    for part in content:
-        if not isinstance(part, dict):
-            continue
-        kind = part.get("type")
-        piece: Any = None
-        if kind == "text":
-            piece = part.get("text")
-        elif kind == "think":
-            piece = part.get("think")
-        if not isinstance(piece, str) or not piece:
-            continue
-        if out and not out.endswith(" ") and not piece.startswith(" "):
-            out += " "
-        out += piece
-    return out
+__all__ = ["build_abort_final", "parse_text"]
 
 
 def build_abort_final(job: dict[str, Any], content: list[Any]) -> dict[str, Any]:

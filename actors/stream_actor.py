@@ -234,7 +234,7 @@ class StreamActor:
                 else:
                     self._late.append(c)
             elif self._finish is not None:
-                _reject(c.fut, JobEnded(self.job_id, "finishing"))  # type: ignore[union-attr]
+                _reject(c.fut, JobEnded(self.job_id, "finishing"))
             elif isinstance(c, UpdateMeta):
                 await self._apply_meta(c)
             elif isinstance(c, RecordUsage):
@@ -528,7 +528,7 @@ class StreamActor:
                 else:
                     _reject(c.fut, err)
             elif not isinstance(c, Emit):
-                _reject(c.fut, err)  # type: ignore[arg-type]
+                _reject(c.fut, err)
         for f in [*self._late, *([self._finish] if self._finish else [])]:
             if not f.fut.done():
                 _reject(f.fut, err)

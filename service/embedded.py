@@ -19,7 +19,7 @@ import sysconfig
 import threading
 from collections import deque
 from pathlib import Path
-from typing import TextIO
+from typing import IO
 
 log = logging.getLogger("genjobs.nats-server")
 
@@ -145,9 +145,7 @@ class EmbeddedServer:
             )
         except OSError as e:
             raise EmbeddedServerError(f"cannot run {args[0]}: {e}") from e
-        self._reader = threading.Thread(
-            target=self._drain, name=f"{self.name}-log", daemon=True
-        )
+        self._reader = threading.Thread(target=self._drain, name=f"{self.name}-log", daemon=True)
         self._reader.start()
         self._settled.wait(timeout)
         if not self._ready.is_set():
@@ -158,14 +156,15 @@ class EmbeddedServer:
 
     def _drain(self) -> None:
         proc = self._proc
-        assert proc is not None and proc.stdout is not None
+        assert proc is not None
+        assert proc.stdout is not None
         with proc.stdout:
             self._drain_lines(proc.stdout)
         proc.wait()
         self._exited.set()
         self._settled.set()
 
-    def _drain_lines(self, stream: TextIO) -> None:
+    def _drain_lines(self, stream: IO[str]) -> None:
         for line in stream:
             line = line.rstrip()
             self._tail.append(line)

@@ -73,7 +73,7 @@ class Liveness:
                 self._seen[entry.key] = time.monotonic() - age
                 self._dead_handled.discard(entry.key)
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def janitor_loop(self, ops: JobOps) -> None:
         """End jobs whose owner died: promptly for replicas seen dying, by sweep for the rest."""

@@ -79,7 +79,9 @@ def events_stream_config(s: Settings) -> StreamConfig:
         duplicate_window=1.0,
         # Live fan-out without a consumer per reader: every stored event is re-published on a
         # core subject with Nats-Sequence and Nats-Last-Sequence, which lets readers detect gaps.
-        republish=RePublish(src=f"{s.prefix}.events.*", dest=f"{s.prefix}.live.{{{{wildcard(1)}}}}"),
+        republish=RePublish(
+            src=f"{s.prefix}.events.*", dest=f"{s.prefix}.live.{{{{wildcard(1)}}}}"
+        ),
     )
 
 

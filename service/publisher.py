@@ -96,7 +96,9 @@ class FencedPublisher:
         if fut is None or fut.done():
             return  # a late ack for a publish that already timed out; the retry resolves it
         if not msg.data and msg.headers and msg.headers.get("Status") == "503":
-            fut.set_exception(PublishRejected(503, "no responders: the event stream is unavailable"))
+            fut.set_exception(
+                PublishRejected(503, "no responders: the event stream is unavailable")
+            )
             return
         try:
             fut.set_result(_ack_decoder.decode(msg.data))
@@ -121,7 +123,9 @@ class FencedPublisher:
         self._pending[token] = fut
         timer = loop.call_later(self._timeout, self._expire, token)
         try:
-            await self._nc.publish(subject, payload, reply=f"{self._prefix}.{token}", headers=headers)
+            await self._nc.publish(
+                subject, payload, reply=f"{self._prefix}.{token}", headers=headers
+            )
             ack = await fut
         finally:
             timer.cancel()

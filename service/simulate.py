@@ -11,13 +11,40 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-WORDS = (
-    "Resumable streams keep a generation alive while readers come and go; "
-    "each event is stored once, in order, and every reader resumes exactly where it left off."
-).split(" ")
+WORDS = [
+    "Resumable",
+    "streams",
+    "keep",
+    "a",
+    "generation",
+    "alive",
+    "while",
+    "readers",
+    "come",
+    "and",
+    "go;",
+    "each",
+    "event",
+    "is",
+    "stored",
+    "once,",
+    "in",
+    "order,",
+    "and",
+    "every",
+    "reader",
+    "resumes",
+    "exactly",
+    "where",
+    "it",
+    "left",
+    "off.",
+]
 
 
-def created_event(job_id: str, user_message_id: str = "user-msg-1", text: str = "Hello") -> dict[str, Any]:
+def created_event(
+    job_id: str, user_message_id: str = "user-msg-1", text: str = "Hello"
+) -> dict[str, Any]:
     return {
         "created": True,
         "message": {
@@ -30,7 +57,12 @@ def created_event(job_id: str, user_message_id: str = "user-msg-1", text: str = 
     }
 
 
-def run_step(step_id: str, index: int, kind: str = "message_creation", calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def run_step(
+    step_id: str,
+    index: int,
+    kind: str = "message_creation",
+    calls: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     details: dict[str, Any]
     if kind == "tool_calls":
         details = {"type": "tool_calls", "tool_calls": calls or []}
@@ -38,16 +70,29 @@ def run_step(step_id: str, index: int, kind: str = "message_creation", calls: li
         details = {"type": "message_creation", "message_creation": {"message_id": f"msg_{step_id}"}}
     return {
         "event": "on_run_step",
-        "data": {"stepIndex": index, "id": step_id, "type": kind, "index": index, "stepDetails": details, "usage": None},
+        "data": {
+            "stepIndex": index,
+            "id": step_id,
+            "type": kind,
+            "index": index,
+            "stepDetails": details,
+            "usage": None,
+        },
     }
 
 
 def text_delta(step_id: str, text: str) -> dict[str, Any]:
-    return {"event": "on_message_delta", "data": {"id": step_id, "delta": {"content": [{"type": "text", "text": text}]}}}
+    return {
+        "event": "on_message_delta",
+        "data": {"id": step_id, "delta": {"content": [{"type": "text", "text": text}]}},
+    }
 
 
 def think_delta(step_id: str, text: str) -> dict[str, Any]:
-    return {"event": "on_reasoning_delta", "data": {"id": step_id, "delta": {"content": [{"type": "think", "think": text}]}}}
+    return {
+        "event": "on_reasoning_delta",
+        "data": {"id": step_id, "delta": {"content": [{"type": "think", "think": text}]}},
+    }
 
 
 def tool_chunk(step_id: str, call_id: str | None, name: str | None, args: str) -> dict[str, Any]:
@@ -56,7 +101,10 @@ def tool_chunk(step_id: str, call_id: str | None, name: str | None, args: str) -
         chunk["id"] = call_id
     if name:
         chunk["name"] = name
-    return {"event": "on_run_step_delta", "data": {"id": step_id, "delta": {"type": "tool_calls", "tool_calls": [chunk]}}}
+    return {
+        "event": "on_run_step_delta",
+        "data": {"id": step_id, "delta": {"type": "tool_calls", "tool_calls": [chunk]}},
+    }
 
 
 def tool_completed(step_id: str, call_id: str, name: str, args: str, output: str) -> dict[str, Any]:
@@ -67,13 +115,21 @@ def tool_completed(step_id: str, call_id: str, name: str, args: str, output: str
                 "id": step_id,
                 "index": 0,
                 "type": "tool_call",
-                "tool_call": {"args": args, "name": name, "id": call_id, "output": output, "progress": 1},
+                "tool_call": {
+                    "args": args,
+                    "name": name,
+                    "id": call_id,
+                    "output": output,
+                    "progress": 1,
+                },
             }
         },
     }
 
 
-def generation(job_id: str, tokens: int = 60, *, with_tool: bool = True, reasoning: int = 8) -> Iterator[dict[str, Any]]:
+def generation(
+    job_id: str, tokens: int = 60, *, with_tool: bool = True, reasoning: int = 8
+) -> Iterator[dict[str, Any]]:
     """The events of one run: created, reasoning, optional tool call, then ``tokens`` text deltas."""
     yield created_event(job_id)
     index = 0
@@ -84,7 +140,12 @@ def generation(job_id: str, tokens: int = 60, *, with_tool: bool = True, reasoni
         index += 1
     if with_tool:
         args = json.dumps({"query": "resumable streams"})
-        yield run_step("step_tool", index, "tool_calls", [{"id": "call_1", "name": "web_search", "args": {}, "type": "tool_call"}])
+        yield run_step(
+            "step_tool",
+            index,
+            "tool_calls",
+            [{"id": "call_1", "name": "web_search", "args": {}, "type": "tool_call"}],
+        )
         yield tool_chunk("step_tool", "call_1", "web_search", args[: len(args) // 2])
         yield tool_chunk("step_tool", None, None, args[len(args) // 2 :])
         yield tool_completed("step_tool", "call_1", "web_search", args, "3 results")
@@ -100,7 +161,11 @@ def final_event(job_id: str, content: list[Any] | None = None) -> dict[str, Any]
         "conversation": {"conversationId": job_id, "title": "Demo"},
         "title": "Demo",
         "requestMessage": {"messageId": "user-msg-1", "conversationId": job_id},
-        "responseMessage": {"messageId": "user-msg-1_", "conversationId": job_id, "content": content or []},
+        "responseMessage": {
+            "messageId": "user-msg-1_",
+            "conversationId": job_id,
+            "content": content or [],
+        },
     }
 
 

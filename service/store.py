@@ -97,7 +97,10 @@ class Store:
     async def subject_last(self, job_id: str) -> tuple[int, dict[str, Any]] | None:
         """(seq, headers) of the job's last event, or None when its subject is empty."""
         return await direct_get_last(
-            self.nc, self.s.stream_name, self.s.events_subject(job_id), timeout=self.s.request_timeout
+            self.nc,
+            self.s.stream_name,
+            self.s.events_subject(job_id),
+            timeout=self.s.request_timeout,
         )
 
     async def purge_events(self, job_id: str, up_to_seq: int | None = None) -> None:
@@ -170,7 +173,9 @@ class Store:
 
     async def list_user_jobs(self, user_id: str, tenant_id: str | None) -> list[str]:
         prefix = f"{tenant_id}.{user_id}." if tenant_id else f"{user_id}."
-        subjects = await self.direct_multi_last(f"KV_{self.s.users_bucket}", f"$KV.{self.s.users_bucket}.{prefix}*")
+        subjects = await self.direct_multi_last(
+            f"KV_{self.s.users_bucket}", f"$KV.{self.s.users_bucket}.{prefix}*"
+        )
         out = []
         for subject, headers, data in subjects:
             if headers.get("KV-Operation") in ("DEL", "PURGE") or not data:
@@ -202,7 +207,9 @@ class Store:
                     if status == "204":
                         break
                     if status is not None:
-                        raise StoreFailed(f"direct get on {stream}: {status} {h.get('Description')}")
+                        raise StoreFailed(
+                            f"direct get on {stream}: {status} {h.get('Description')}"
+                        )
                     page.append((h.get("Nats-Subject", ""), h, msg.data))
             except TimeoutError as e:
                 raise Unavailable(f"direct get on {stream} timed out") from e
@@ -215,7 +222,9 @@ class Store:
             # (a user with 1,000+ active jobs), so a simple full-scan fallback is used.
             return await self._scan_last(stream, subject_filter)
 
-    async def _scan_last(self, stream: str, subject_filter: str) -> list[tuple[str, dict[str, str], bytes]]:
+    async def _scan_last(
+        self, stream: str, subject_filter: str
+    ) -> list[tuple[str, dict[str, str], bytes]]:
         from nats.js.api import ConsumerConfig, DeliverPolicy
 
         out: dict[str, tuple[str, dict[str, str], bytes]] = {}
@@ -286,7 +295,14 @@ class Store:
     async def schedule_cleanup(self, rec: JobRecord) -> None:
         """Queue the removal of this generation's event log after ``completed_ttl``."""
         due = time.time() + self.s.completed_ttl
-        body = _enc.encode({"jobId": rec.stream_id, "createdAt": rec.created_at, "upToSeq": rec.last_seq, "due": due})
+        body = _enc.encode(
+            {
+                "jobId": rec.stream_id,
+                "createdAt": rec.created_at,
+                "upToSeq": rec.last_seq,
+                "due": due,
+            }
+        )
         await self.js.publish(f"{self.s.prefix}.cleanup.{rec.stream_id}", body)
 
     # --- replicas -------------------------------------------------------------------------

@@ -42,5 +42,5 @@ def decode(data: bytes) -> dict[str, Any]:
 async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> None:
     """Poll a server-side condition (e.g. a KV key expiring) until true, within a timeout."""
     async with asyncio.timeout(timeout):
-        while not await predicate():
+        while not await predicate():  # noqa: ASYNC110 - the server offers no event for TTL expiry
             await asyncio.sleep(interval)

@@ -51,7 +51,8 @@ async def test_provisioning_is_idempotent_and_sets_what_the_design_lists(
     assert cfg.discard_new_per_subject is True
     assert cfg.max_msgs_per_subject == settings.max_events_per_job
     assert cfg.max_consumers == settings.max_consumers
-    assert cfg.republish is not None and cfg.republish.dest.startswith(f"{settings.prefix}.live.")
+    assert cfg.republish is not None
+    assert cfg.republish.dest.startswith(f"{settings.prefix}.live.")
     for bucket in (settings.jobs_bucket, settings.users_bucket, settings.replicas_bucket):
         kv_info = await js.stream_info(f"KV_{bucket}")
         assert kv_info.config.allow_direct is True
