@@ -142,6 +142,41 @@ class JobOps:
             "seq": snap.get("seq", 0),
         }
 
+    async def set_sync_sent(
+        self, job_id: str, user_id: str, tenant_id: str | None, value: bool
+    ) -> bool:
+        """Set LibreChat's ``syncSent`` marker; the owner writes it while the job runs.
+
+        Raises:
+            NotFound, Forbidden; Unavailable if the owner did not answer.
+        """
+        rec, rev = await self.record(job_id, user_id, tenant_id)
+        if rec.status is JobStatus.RUNNING:
+            if self.registry is not None and (actor := self.registry.get(job_id)) is not None:
+                from actors.stream_actor import UpdateMeta
+
+                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                actor.request(UpdateMeta({"syncSent": value}, fut))
+                await fut
+                return value
+            try:
+                reply = await self.store.nc.request(
+                    self.s.rpc_subject(rec.owner, "sync"),
+                    _enc.encode({"jobId": job_id, "syncSent": value}),
+                    timeout=self.s.request_timeout,
+                )
+            except (NoRespondersError, NatsTimeout) as e:
+                from schemas.errors import Unavailable
+
+                raise Unavailable(f"owner of job {job_id} did not answer") from e
+            body = msgspec.json.decode(reply.data)
+            if isinstance(body, dict) and "error" in body:
+                raise from_body(body)
+            return value
+        rec.sync_sent = value
+        await self.store.update_record(rec, rev, ttl=self.s.completed_ttl)
+        return value
+
     async def active(self, user_id: str, tenant_id: str | None = None) -> list[str]:
         """A user's running jobs; index entries whose job is gone or finished are removed."""
         out = []

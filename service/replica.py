@@ -28,14 +28,15 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from actors.registry import Registry
-from actors.stream_actor import Finish, StreamActor
-from schemas.errors import BadRequest, Conflict, GenjobsError, Unavailable
+from actors.stream_actor import Finish, StreamActor, UpdateMeta
+from schemas.errors import BadRequest, Conflict, GenjobsError, JobEnded, Unavailable
 from schemas.ids import check_id, check_optional_id
 from schemas.job import JobRecord, JobStatus
 
 from .config import Settings
 from .liveness import CleanupWorker, Liveness
 from .ops import JobOps, abort_local, authorize, idempotent_job_id, now_ms
+from .presence import AllLeftCallback, PresenceTracker
 from .producer import JobHandle
 from .provision import provision
 from .store import Store
@@ -84,6 +85,9 @@ class Replica:
         self.liveness = Liveness(self.store, self.s)
         self.ops = JobOps(self.store, self.s, self.registry, self.liveness)
         self.cleanup = CleanupWorker(self.store, self.s)
+        self.presence = PresenceTracker(self.nc, self.s, self.registry)
+        self.presence.callbacks.append(self._reset_sync_sent)
+        await self.presence.start()
         await self.store.heartbeat()
         await self.cleanup.start()
         p = self.s.prefix
@@ -106,6 +110,7 @@ class Replica:
                     tg.create_task(self.liveness.heartbeat_loop(), name="heartbeat"),
                     tg.create_task(self.liveness.watch_loop(), name="liveness-watch"),
                     tg.create_task(self.liveness.janitor_loop(self.ops), name="janitor"),
+                    tg.create_task(self.presence.expire_loop(), name="presence"),
                 ]
                 self._ready.set_result(None)
                 await self._stop.wait()
@@ -156,6 +161,7 @@ class Replica:
                 pass
         # 4. flush publish acks and say goodbye
         await self.cleanup.stop()
+        await self.presence.stop()
         await self.store.close()
         with contextlib.suppress(Exception):
             await self.store.replicas.purge(self.replica_id)
@@ -294,6 +300,23 @@ class Replica:
             usage_claimed=False,
         )
 
+    def watchers(self, job_id: str) -> int:
+        """Readers watching a job owned here, across all processes that announce presence."""
+        return self.presence.watchers(job_id)
+
+    def on_all_readers_left(self, callback: AllLeftCallback) -> None:
+        """Run ``callback(job_id)`` when the last reader of a job owned here leaves."""
+        self.presence.callbacks.append(callback)
+
+    async def _reset_sync_sent(self, job_id: str) -> None:
+        # LibreChat resets syncSent when all subscribers leave: the next one needs a sync.
+        handle = self.handle(job_id)
+        if handle is not None and handle.record.sync_sent:
+            try:
+                await handle.update_metadata(syncSent=False)
+            except JobEnded:
+                log.debug("job %s ended before syncSent could be reset", job_id)
+
     def handle(self, job_id: str) -> JobHandle | None:
         actor = self.registry.get(job_id)
         return JobHandle(actor) if actor is not None else None
@@ -336,11 +359,18 @@ class Replica:
                 reply = _enc.encode({"error": {"code": "not_found", "message": "not owned here"}})
             elif op == "snapshot":
                 reply = _enc.encode(actor.snapshot())
+            elif op == "sync":
+                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                actor.request(UpdateMeta({"syncSent": bool(body.get("syncSent"))}, fut))
+                await fut
+                reply = _enc.encode({"syncSent": actor.rec.sync_sent})
             else:
                 reply = _enc.encode(
                     {"error": {"code": "bad_request", "message": f"unknown op {op}"}}
                 )
         except (msgspec.DecodeError, AttributeError):
             reply = _enc.encode({"error": {"code": "bad_request", "message": "malformed request"}})
+        except GenjobsError as e:
+            reply = _enc.encode(e.body())
         if msg.reply:
             await msg.respond(reply)
