@@ -235,14 +235,13 @@ class Store:
             config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
         )
         try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=1.0)
-                except TimeoutError:
-                    break
+            # A push consumer may have delivered some already: total = delivered + pending.
+            info = await sub.consumer_info()
+            remaining = (info.num_pending or 0) + (info.delivered.consumer_seq or 0)
+            while remaining > 0:
+                msg = await sub.next_msg(timeout=self.s.request_timeout)
                 out[msg.subject] = (msg.subject, dict(msg.headers or {}), msg.data)
-                if msg.metadata.num_pending == 0:
-                    break
+                remaining = min(remaining - 1, msg.metadata.num_pending)
         finally:
             await sub.unsubscribe()
         return list(out.values())
