@@ -241,10 +241,7 @@ class Reader:
 
     async def _check_resumed_after_end(self) -> None:
         """A reader resuming right after the terminal event ends at once instead of waiting."""
-        hub = self._hub
-        last = await hub._dg.last_msg(
-            hub._s.stream_name, hub._s.events_subject(self.job_id), hub._s.request_timeout
-        )
+        last = await self._hub._last_msg(self.job_id)
         if last is not None and last.seq == self._cursor:
             self._ended = last.headers.get("Genjobs-Kind") in TERMINAL_KINDS
 
@@ -280,15 +277,11 @@ class Reader:
         if self._want != self._have:
             return
         try:
-            last = await self._hub._dg.last_seq(
-                self._hub._s.stream_name,
-                self._hub._s.events_subject(self.job_id),
-                self._hub._s.request_timeout,
-            )
+            last = await self._hub._last_msg(self.job_id)
         except ReplayTimeout as e:
             log.warning("idle check of job %s failed, next one later: %s", self.job_id, e)
             return
-        if last > self._cursor:
+        if last is not None and last.seq > self._cursor:
             self._want += 1
 
 
@@ -458,6 +451,10 @@ class LiveHub:
                 if timeouts >= _MAX_TIMEOUTS:
                     raise
                 log.warning("replay of job %s timed out, retrying: %s", job_id, e)
+
+    async def _last_msg(self, job_id: str) -> StoredMsg | None:
+        subject = self._s.events_subject(job_id)
+        return await self._dg.last_msg(self._s.stream_name, subject, self._s.request_timeout)
 
     async def close(self) -> None:
         """End every open reader with :class:`HubClosed` and drop every live subscription.

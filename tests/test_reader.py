@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 
 import nats
@@ -385,6 +386,83 @@ async def test_slow_reader_does_not_grow_memory_and_can_resume(
     assert rest == producer.sent["job"][1:]  # caught up from the stream: all, once, in order
     cut = producer.sent["job"][57].seq
     assert await read_all(hub, "job", after_seq=cut) == producer.after("job", cut)
+    await hub.close()
+
+
+async def test_readers_get_every_event_once_under_random_live_loss_and_slowness(
+    nc: NATS, settings: Settings, js: JetStreamContext, producer: Producer
+) -> None:
+    """Property: whatever is lost live and however slow a reader is, each reader gets exactly
+    the job's events after its cut, in order. Live loss is real (republish off while storing)."""
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    settings = settings.with_(reader_queue=16)
+    producer.s = settings
+    jobs = [f"c{i}" for i in range(4)]
+    started = {job: asyncio.Event() for job in jobs}
+    finished = {job: asyncio.Event() for job in jobs}
+    hub = LiveHub(nc, settings, idle_check=0.3)
+
+    progress = asyncio.Event()
+
+    async def publish(job: str) -> None:
+        for i in range(120):
+            await producer.emit(job)
+            progress.set()
+            if i == 30:
+                started[job].set()
+        await producer.emit(job, "final")
+        finished[job].set()
+        progress.set()
+
+    async def events_published(n: int) -> None:
+        for _ in range(n):
+            if all(f.is_set() for f in finished.values()):
+                return
+            progress.clear()
+            await progress.wait()
+
+    outages = 0
+
+    async def toggle_live_delivery() -> None:
+        """Live delivery goes off for a few events now and then, while the jobs run."""
+        nonlocal outages
+        while not all(f.is_set() for f in finished.values()):
+            await set_republish(js, settings, on=False)
+            outages += 1
+            await events_published(rng.randint(1, 3))
+            await set_republish(js, settings, on=True)
+            await events_published(rng.randint(1, 12))
+
+    async def read(job: str, mode: str) -> tuple[int, list[ReadEvent], int]:
+        if mode != "from-start":
+            await started[job].wait()
+        cut = 0 if mode != "mid" else rng.choice(producer.sent[job]).seq
+        got: list[ReadEvent] = []
+        async with hub.subscribe(job, after_seq=cut) as reader:
+            async for ev in reader:
+                got.append(ev)
+                if mode == "slow" and len(got) == 1:
+                    await finished[job].wait()  # stop reading while the job runs on
+        return cut, got, reader.catchups
+
+    async with asyncio.timeout(30), asyncio.TaskGroup() as tg:
+        readers = [
+            tg.create_task(read(job, mode))
+            for job in jobs
+            for mode in ("from-start", "mid", "slow", "slow")
+        ]
+        for job in jobs:
+            tg.create_task(publish(job))
+        tg.create_task(toggle_live_delivery())
+    for task, (job, mode) in zip(
+        readers, [(j, m) for j in jobs for m in ("from-start", "mid", "slow", "slow")], strict=True
+    ):
+        cut, got, catchups = task.result()
+        assert got == producer.after(job, cut), f"seed {seed}: {job} {mode} from {cut}"
+        assert catchups > 0 or mode != "slow"  # the slow ones really overflowed their queue
+    assert outages > 0
+    assert hub.subscriptions() == 0
     await hub.close()
 
 
