@@ -35,6 +35,10 @@ class ActorPort(Protocol):
 
     async def load_record(self, job_id: str) -> tuple[JobRecord, int] | None: ...
 
+    async def subject_last(self, job_id: str) -> tuple[int, dict[str, Any]] | None:
+        """(seq, headers) of the job's last stored event, None if there is none."""
+        ...
+
     async def put_snapshot(
         self, job_id: str, snapshot: dict[str, Any], *, ttl: float | None = None
     ) -> None: ...

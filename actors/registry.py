@@ -24,6 +24,8 @@ class Registry:
         self._actors: dict[str, StreamActor] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.reserved: set[str] = set()
+        """Ids being created here: their record may exist before their actor does."""
         self.closing = False
 
     def bind(self, tg: asyncio.TaskGroup) -> None:
@@ -33,7 +35,7 @@ class Registry:
         return len(self._actors)
 
     def __contains__(self, job_id: object) -> bool:
-        return job_id in self._actors
+        return job_id in self._actors or job_id in self.reserved
 
     def get(self, job_id: str) -> StreamActor | None:
         return self._actors.get(job_id)

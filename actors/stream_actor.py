@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from schemas.errors import GenjobsError, JobEnded, OwnershipLost
+from schemas.errors import GenjobsError, JobEnded, OwnershipLost, StoreFailed
 from schemas.job import METADATA_FIELDS, JobRecord, JobStatus, record_to_dict
 
 from .abort import build_abort_final, parse_text
@@ -128,6 +128,8 @@ class StreamActor:
     inbox_size: int = 1024
     snapshot_interval: float = 2.0
     completed_ttl: float = 300.0
+    max_events: int = 200_000
+    """Per-job cap; the last slot is kept for the terminal event so a capped job still ends."""
     on_end: Callable[[StreamActor], None] | None = None
     # state -------------------------------------------------------------------------------
     inbox: Inbox[Command] = field(init=False)
@@ -187,10 +189,12 @@ class StreamActor:
         except OwnershipLost as e:
             log.warning("job %s: %s; this replica stops writing it", self.job_id, e)
             self._result = {"ownershipLost": True}
+            self.signal_abort()  # the producer must stop: its events can no longer be stored
         except asyncio.CancelledError:
             raise
         except Exception as e:
             log.exception("job %s: actor failed", self.job_id)
+            self.signal_abort()
             await self._fail_after_crash(e)
         finally:
             self._close()
@@ -339,6 +343,10 @@ class StreamActor:
     async def _publish_head(self) -> None:
         out = self._pending[0]
         index = self._next_index
+        if index >= self.max_events - 1:
+            raise StoreFailed(
+                f"job {self.job_id} reached the per-job cap of {self.max_events} events"
+            )
         seq = await self.port.publish_event(
             self.job_id, _encode(out.event), out.kind, index, self._last_seq
         )
@@ -509,11 +517,24 @@ class StreamActor:
         if self.rec.status.terminal:
             return
         try:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(10):
                 self._pending.clear()
+                # The cursor may be stale (an ambiguous publish may have landed): re-read the
+                # subject's tail so the terminal event is fenced on what is really there.
+                tail = await self.port.subject_last(self.job_id)
+                if tail is not None:
+                    seq, headers = tail
+                    if headers.get("Genjobs-Writer") != self.port.replica_id:
+                        raise OwnershipLost(self.job_id, "another writer appended")
+                    if headers.get("Genjobs-Kind") in ("final", "error"):
+                        return
+                    self._last_seq = seq
+                    self._next_index = int(headers.get("Genjobs-Index", self._next_index - 1)) + 1
                 fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-                await self._do_finish(Finish("error", fut, message=f"internal error: {err}"))
+                message = str(err) if isinstance(err, StoreFailed) else f"internal error: {err}"
+                await self._do_finish(Finish("error", fut, message=message))
         except (GenjobsError, TimeoutError) as e2:
+            # The janitor sweeps running records owned here without an actor, and retries.
             log.error("job %s: could not write its terminal error: %s", self.job_id, e2)
 
     def _close(self) -> None:

@@ -25,15 +25,18 @@ from .config import Settings
 from .store import Store
 
 if TYPE_CHECKING:
+    from actors.registry import Registry
+
     from .ops import JobOps
 
 log = logging.getLogger("genjobs.liveness")
 
 
 class Liveness:
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings, registry: Registry | None = None) -> None:
         self.store = store
         self.s = settings
+        self.registry = registry
         self._seen: dict[str, float] = {}  # replica id -> monotonic time of its last heartbeat
         self._dead_handled: set[str] = set()
         self.started = time.monotonic()
@@ -89,17 +92,24 @@ class Liveness:
                 self._dead_handled.update(newly_dead)
                 next_sweep = time.monotonic() + self.s.sweep_interval
 
+    def _orphaned(self, owner: str, job_id: str) -> bool:
+        """Owner dead, or the owner is this replica but no actor runs the job here any more
+        (its actor could not write the terminal event, e.g. while NATS was away)."""
+        if owner == self.s.replica_id:
+            return self.registry is not None and job_id not in self.registry
+        return not self.is_alive(owner)
+
     async def sweep(self, ops: JobOps) -> int:
-        """Fail every running job whose owner is not alive; returns how many this replica ended."""
+        """Fail every running job whose owner is gone; returns how many this replica ended."""
         ended = 0
         for rec in await self.store.all_records():
-            if rec.status.terminal or self.is_alive(rec.owner):
+            if rec.status.terminal or not self._orphaned(rec.owner, rec.stream_id):
                 continue
             loaded = await self.store.load_record(rec.stream_id)
             if loaded is None:
                 continue
             fresh, rev = loaded
-            if fresh.status.terminal or self.is_alive(fresh.owner):
+            if fresh.status.terminal or not self._orphaned(fresh.owner, fresh.stream_id):
                 continue
             if await ops.fail_orphan(fresh, rev, "owner lost"):
                 ended += 1
@@ -117,9 +127,10 @@ class CleanupWorker:
     swallows task cancellation, which made shutdown wait for the fetch timeout.
     """
 
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings, registry: Registry | None = None) -> None:
         self.store = store
         self.s = settings
+        self.registry = registry
         self.purged = 0
         self._sub: Any = None
 

@@ -82,7 +82,7 @@ class Replica:
         await provision(self.nc.jetstream(timeout=self.s.request_timeout), self.s)
         self.store = Store(self.nc, self.s)
         await self.store.open()
-        self.liveness = Liveness(self.store, self.s)
+        self.liveness = Liveness(self.store, self.s, self.registry)
         self.ops = JobOps(self.store, self.s, self.registry, self.liveness)
         self.cleanup = CleanupWorker(self.store, self.s)
         self.presence = PresenceTracker(self.nc, self.s, self.registry)
@@ -225,6 +225,24 @@ class Replica:
         check_id(job_id, "jobId")
         if self.registry.closing:
             raise Unavailable("replica is shutting down")
+        self.registry.reserved.add(job_id)
+        try:
+            return await self._create(
+                job_id, user_id, tenant_id, conversation_id, idempotency_key, replace, metadata
+            )
+        finally:
+            self.registry.reserved.discard(job_id)
+
+    async def _create(
+        self,
+        job_id: str,
+        user_id: str,
+        tenant_id: str | None,
+        conversation_id: str | None,
+        idempotency_key: str | None,
+        replace: bool,
+        metadata: dict[str, Any] | None,
+    ) -> JobHandle:
         for _ in range(5):
             loaded = await self.store.load_record(job_id)
             if loaded is not None:
@@ -265,6 +283,7 @@ class Replica:
                 inbox_size=self.s.inbox_size,
                 snapshot_interval=self.s.snapshot_interval,
                 completed_ttl=self.s.completed_ttl,
+                max_events=self.s.max_events_per_job,
             )
             self.registry.start(actor)
             handle = JobHandle(actor)

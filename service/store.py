@@ -237,7 +237,8 @@ class Store:
         try:
             # A push consumer may have delivered some already: total = delivered + pending.
             info = await sub.consumer_info()
-            remaining = (info.num_pending or 0) + (info.delivered.consumer_seq or 0)
+            delivered = info.delivered.consumer_seq if info.delivered else 0
+            remaining = (info.num_pending or 0) + (delivered or 0)
             while remaining > 0:
                 msg = await sub.next_msg(timeout=self.s.request_timeout)
                 out[msg.subject] = (msg.subject, dict(msg.headers or {}), msg.data)
