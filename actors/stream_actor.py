@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
@@ -30,6 +30,19 @@ from .abort import build_abort_final, parse_text
 from .aggregator import ContentAggregator
 from .coalesce import try_merge
 from .inbox import Inbox, InboxClosed
+from .messages import (
+    Command,
+    Emit,
+    Finish,
+    Flush,
+    Ingest,
+    RecordUsage,
+    Snapshot,
+    UpdateMeta,
+    already_claimed_result,
+    reject,
+    resolve,
+)
 from .port import ActorPort
 
 log = logging.getLogger("genjobs.actor")
@@ -40,67 +53,6 @@ _decode = msgspec.json.decode
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-# --- messages -------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Emit:
-    event: dict[str, Any]
-    kind: str
-
-
-@dataclass(slots=True)
-class Flush:
-    fut: asyncio.Future[int]
-
-
-@dataclass(slots=True)
-class Snapshot:
-    fut: asyncio.Future[dict[str, Any]]
-
-
-@dataclass(slots=True)
-class UpdateMeta:
-    fields: dict[str, Any]
-    fut: asyncio.Future[None]
-
-
-@dataclass(slots=True)
-class RecordUsage:
-    usage: dict[str, Any]
-    fut: asyncio.Future[None]
-
-
-FinishKind = Literal["complete", "error", "abort"]
-
-
-@dataclass(slots=True)
-class Finish:
-    kind: FinishKind
-    fut: asyncio.Future[dict[str, Any]]
-    final_event: dict[str, Any] | None = None
-    message: str | None = None
-    by: str = ""
-
-
-@dataclass(slots=True)
-class Ingest:
-    """A remote producer's batch (DESIGN §9): items at producer indices ``first_index``...
-
-    Items are ``("event", (event, kind))``, ``("usage", record)``, ``("complete", final)`` or
-    ``("error", message)``. The reply (``{ok, nextIndex, seq?, aborted?}``) is sent once every
-    item is durable; items at indices the actor already took are acknowledged, not repeated.
-    """
-
-    first_index: int
-    items: list[tuple[str, Any]]
-    metadata: dict[str, Any] | None
-    fut: asyncio.Future[dict[str, Any]]
-
-
-Command = Emit | Flush | Snapshot | UpdateMeta | RecordUsage | Finish | Ingest
 
 
 @dataclass(slots=True)
@@ -228,7 +180,7 @@ class StreamActor:
                 self._barriers.append((self.stats.produced, c.fut))
                 self._release_barriers()
             elif isinstance(c, Snapshot):
-                _resolve(c.fut, self.snapshot())
+                resolve(c.fut, self.snapshot())
             elif isinstance(c, Ingest):
                 await self._ingest(c)
             elif isinstance(c, Finish):
@@ -238,17 +190,17 @@ class StreamActor:
                 else:
                     self._late.append(c)
             elif self._finish is not None:
-                _reject(c.fut, JobEnded(self.job_id, "finishing"))
+                reject(c.fut, JobEnded(self.job_id, "finishing"))
             elif isinstance(c, UpdateMeta):
                 await self._apply_meta(c)
             elif isinstance(c, RecordUsage):
                 self.rec.collected_usage.append(c.usage)
                 await self._persist()
-                _resolve(c.fut, None)
+                resolve(c.fut, None)
 
     async def _ingest(self, c: Ingest) -> None:
         if self._finish is not None or self.rec.status.terminal:
-            _resolve(
+            resolve(
                 c.fut,
                 {
                     "ok": False,
@@ -261,7 +213,7 @@ class StreamActor:
         if c.first_index > self._ingested:
             from schemas.errors import BadRequest
 
-            _reject(
+            reject(
                 c.fut, BadRequest(f"gap: expected firstIndex {self._ingested}, got {c.first_index}")
             )
             return
@@ -286,45 +238,42 @@ class StreamActor:
         self._ingested += len(fresh)
         if usage_added:
             await self._persist()
-        reply_fut = c.fut
         if terminal is not None:
             self._finish = terminal
             self.accepting = False
-
-            def done_terminal(f: asyncio.Future[dict[str, Any]]) -> None:
-                if f.cancelled():
-                    return
-                if f.exception() is not None:
-                    _reject(reply_fut, f.exception() or RuntimeError())
-                else:
-                    _resolve(
-                        reply_fut,
-                        {"ok": True, "nextIndex": self._ingested, "seq": f.result().get("seq")},
-                    )
-
-            terminal.fut.add_done_callback(done_terminal)
+            self._reply_when(terminal.fut, c.fut, lambda r: r.get("seq"))
             return
         barrier: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-        def done(f: asyncio.Future[int]) -> None:
-            if f.cancelled():
-                return
-            if f.exception() is not None:
-                _reject(reply_fut, f.exception() or RuntimeError())
-            else:
-                _resolve(
-                    reply_fut,
-                    {
-                        "ok": True,
-                        "nextIndex": self._ingested,
-                        "seq": f.result(),
-                        "aborted": self.aborted.is_set(),
-                    },
-                )
-
-        barrier.add_done_callback(done)
+        self._reply_when(barrier, c.fut, lambda seq: seq)
         self._barriers.append((self.stats.produced, barrier))
         self._release_barriers()
+
+    def _reply_when(
+        self,
+        done: asyncio.Future[Any],
+        reply: asyncio.Future[dict[str, Any]],
+        seq_of: Callable[[Any], int | None],
+    ) -> None:
+        """Answer an ingest batch once ``done`` (durability or the terminal write) settles."""
+
+        def settle(f: asyncio.Future[Any]) -> None:
+            if f.cancelled():
+                return
+            err = f.exception()
+            if err is not None:
+                reject(reply, err)
+                return
+            resolve(
+                reply,
+                {
+                    "ok": True,
+                    "nextIndex": self._ingested,
+                    "seq": seq_of(f.result()),
+                    "aborted": self.aborted.is_set(),
+                },
+            )
+
+        done.add_done_callback(settle)
 
     def _enqueue(self, e: Emit) -> None:
         self.stats.produced += 1
@@ -364,7 +313,7 @@ class StreamActor:
         keep = []
         for target, fut in self._barriers:
             if self._acked >= target:
-                _resolve(fut, self._last_seq)
+                resolve(fut, self._last_seq)
             else:
                 keep.append((target, fut))
         self._barriers = keep
@@ -400,7 +349,7 @@ class StreamActor:
         self._set_meta(c.fields)
         await self._persist()
         self._dirty = True
-        _resolve(c.fut, None)
+        resolve(c.fut, None)
 
     async def _persist(self, *, ttl: float | None = None) -> None:
         self.rec.last_seq = self._last_seq
@@ -502,15 +451,15 @@ class StreamActor:
                 "seq": seq,
             }
         self._result = result
-        _resolve(f.fut, result)
+        resolve(f.fut, result)
         for late in self._late:
             self._answer_late(late)
 
     def _answer_late(self, f: Finish) -> None:
         if f.kind == "abort":
-            _resolve(f.fut, already_claimed_result(self.rec))
+            resolve(f.fut, already_claimed_result(self.rec))
         else:
-            _reject(f.fut, JobEnded(self.job_id, self.rec.status.value))
+            reject(f.fut, JobEnded(self.job_id, self.rec.status.value))
 
     async def _fail_after_crash(self, err: Exception) -> None:
         """One job's failure ends that job with a terminal error, never the replica."""
@@ -545,16 +494,16 @@ class StreamActor:
         for c in leftover:
             if isinstance(c, Finish):
                 if self._result is not None and c.kind == "abort":
-                    _resolve(c.fut, already_claimed_result(self.rec))
+                    resolve(c.fut, already_claimed_result(self.rec))
                 else:
-                    _reject(c.fut, err)
+                    reject(c.fut, err)
             elif not isinstance(c, Emit):
-                _reject(c.fut, err)
+                reject(c.fut, err)
         for f in [*self._late, *([self._finish] if self._finish else [])]:
             if not f.fut.done():
-                _reject(f.fut, err)
+                reject(f.fut, err)
         for _, fut in self._barriers:
-            _reject(fut, err)
+            reject(fut, err)
         self._barriers.clear()
         if self.on_end is not None:
             self.on_end(self)
@@ -571,29 +520,6 @@ class StreamActor:
             self.inbox.put_control(cmd)
         except InboxClosed as e:
             raise JobEnded(self.job_id, self.rec.status.value) from e
-
-
-def already_claimed_result(rec: JobRecord) -> dict[str, Any]:
-    """AbortResult for a job that has ended and whose usage was claimed before."""
-    return {
-        "success": False,
-        "jobData": record_to_dict(rec),
-        "content": [],
-        "finalEvent": None,
-        "text": "",
-        "collectedUsage": [],
-        "usageAlreadyClaimed": True,
-    }
-
-
-def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
-
-
-def _reject(fut: asyncio.Future[Any], err: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(err)
 
 
 __all__ = [
