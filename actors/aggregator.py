@@ -27,180 +27,30 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
+
+from .js import (
+    NO_META,
+    UNDEFINED,
+    Abandon,
+    Rope,
+    is_number,
+    is_object,
+    js_add,
+    js_get,
+    js_key,
+    js_opt,
+    js_str,
+    min_index,
+    non_empty,
+    nullish,
+    spread,
+    truthy,
+)
 
 __all__ = ["UNDEFINED", "ContentAggregator", "parse_text_parts"]
 
 _log = logging.getLogger(__name__)
-
-
-class _Undefined:
-    """JavaScript ``undefined``: an absent key, as opposed to JSON ``null`` (``None``)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "UNDEFINED"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-UNDEFINED: Final[Any] = _Undefined()
-_JS_SPACE = "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
-
-
-_NO_META: Final[dict[str, Any]] = {}
-
-
-class _Abandon(Exception):
-    """The JS library would throw here (or store garbage): the event goes no further."""
-
-
-def _nullish(value: Any) -> bool:
-    return value is None or value is UNDEFINED
-
-
-def _truthy(value: Any) -> bool:
-    if value is None or value is UNDEFINED or value is False or value == "":
-        return False
-    return not (isinstance(value, int | float) and not isinstance(value, bool) and value == 0)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_object(value: Any) -> bool:
-    """``typeof value === 'object'``: null, arrays and objects."""
-    return value is None or isinstance(value, dict | list)
-
-
-def _get(obj: Any, key: str) -> Any:
-    """``obj.key``: throws on null/undefined, undefined on other non-objects."""
-    if isinstance(obj, dict):
-        return obj.get(key, UNDEFINED)
-    if _nullish(obj):
-        raise _Abandon(f"cannot read property {key!r} of {obj!r}")
-    return UNDEFINED
-
-
-def _opt(obj: Any, key: str) -> Any:
-    """``obj?.key``."""
-    return obj.get(key, UNDEFINED) if isinstance(obj, dict) else UNDEFINED
-
-
-def _js_str(value: Any) -> str:
-    """``String(value)`` for JSON values, as ``+`` with a string and ``startsWith`` use it."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, _Rope):
-        return value.value()
-    if value is True or value is False:
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value.is_integer() and abs(value) < 1e21:
-            return str(int(value))
-        return repr(value).replace("e-0", "e-").replace("e+0", "e+")
-    if value is None:
-        return "null"
-    if value is UNDEFINED:
-        return "undefined"
-    if isinstance(value, list):
-        return ",".join("" if _nullish(v) else _js_str(v) for v in value)
-    return "[object Object]"
-
-
-def _key(value: Any) -> Any:
-    """A dict key with JS ``Map`` identity (SameValueZero); objects never equal a later event's."""
-    if value is None or value is UNDEFINED or isinstance(value, str | int | float):
-        return ("bool", value) if isinstance(value, bool) else value
-    return object()
-
-
-def _spread(value: Any) -> list[Any]:
-    """``[...value]``."""
-    if isinstance(value, list):
-        return list(value)
-    if isinstance(value, str):
-        return list(value)
-    raise _Abandon(f"{value!r} is not iterable")
-
-
-class _Rope:
-    """A string built by appending; joined only when read.
-
-    Every ``_GROUP`` appended pieces are joined into one, so a long unread stream holds a few
-    strings per kilobyte rather than one object per token, at amortised constant cost.
-    """
-
-    __slots__ = ("loose", "pieces")
-    _GROUP: Final = 128
-
-    def __init__(self, first: str) -> None:
-        self.pieces = [first]
-        self.loose = 0  # pieces at the end not yet joined into a group
-
-    def add(self, piece: str) -> None:
-        pieces = self.pieces
-        pieces.append(piece)
-        self.loose += 1
-        if self.loose == self._GROUP:
-            group = "".join(pieces[-self._GROUP :])
-            del pieces[-self._GROUP :]
-            pieces.append(group)
-            self.loose = 0
-
-    def value(self) -> str:
-        pieces = self.pieces
-        if len(pieces) != 1:
-            joined = "".join(pieces)
-            pieces.clear()
-            pieces.append(joined)
-        self.loose = 0
-        return pieces[0]
-
-
-def _js_add(left: Any, right: Any) -> Any:
-    """``left + right`` for non-object operands; a string result is a (reused) rope."""
-    if isinstance(left, _Rope):
-        left.add(_js_str(right))
-        return left
-    if isinstance(left, str) or isinstance(right, str):
-        rope = _Rope(_js_str(left))
-        rope.add(_js_str(right))
-        return rope
-    return (
-        int(left) + int(right)
-        if isinstance(left, bool) or isinstance(right, bool)
-        else left + right
-    )
-
-
-def _non_empty(*values: Any) -> Any:
-    """``getNonEmptyValue``: the first truthy string that is not blank."""
-    for value in values:
-        if _truthy(value):
-            if not isinstance(value, str):
-                raise _Abandon(f"{value!r}.trim is not a function")
-            if value.strip(_JS_SPACE) != "":
-                return value
-    return UNDEFINED
-
-
-def _min_index(value: Any) -> int:
-    """The ``minimumIndex`` that ``Math.max`` would see, for the values we accept."""
-    if _nullish(value):
-        return 0
-    if isinstance(value, bool):
-        raise _Abandon(f"step index {value!r} is not a number")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise _Abandon(f"step index {value!r} is not an integer")
 
 
 class _TextSlot:
@@ -208,7 +58,7 @@ class _TextSlot:
 
     __slots__ = ("agent_id", "citations", "group_id", "kind", "rope", "tool_call_ids")
 
-    def __init__(self, kind: str, rope: _Rope, tool_call_ids: Any, citations: Any) -> None:
+    def __init__(self, kind: str, rope: Rope, tool_call_ids: Any, citations: Any) -> None:
         self.kind = kind
         self.rope = rope
         self.tool_call_ids = tool_call_ids
@@ -221,16 +71,16 @@ class _TextSlot:
         """The slot to update: ``current`` itself when it is one, else what JS reads from it."""
         if isinstance(current, _TextSlot) and current.kind == kind:
             return current
-        base = _opt(current, kind)
-        rope = _Rope(_js_str(base) if _truthy(base) else "")
+        base = js_opt(current, kind)
+        rope = Rope(js_str(base) if truthy(base) else "")
         if kind == "think":
             return cls(kind, rope, UNDEFINED, UNDEFINED)
-        ids = _opt(current, "tool_call_ids")
-        cites = _opt(current, "citations")
+        ids = js_opt(current, "tool_call_ids")
+        cites = js_opt(current, "citations")
         return cls(
             kind,
             rope,
-            ids if _truthy(ids) else UNDEFINED,
+            ids if truthy(ids) else UNDEFINED,
             list(cites) if isinstance(cites, list) else cites,
         )
 
@@ -255,7 +105,7 @@ def _export(part: Any) -> Any:
         return part
     out = dict(part)
     call = out.get("tool_call")
-    if isinstance(call, dict) and isinstance(call.get("args"), _Rope):
+    if isinstance(call, dict) and isinstance(call.get("args"), Rope):
         out["tool_call"] = {**call, "args": call["args"].value()}
     return out
 
@@ -297,10 +147,10 @@ class _Step:
         if not self.completions:
             return step
         details = self.data["stepDetails"]
-        calls = _opt(details, "tool_calls") if _opt(details, "type") == "tool_calls" else None
+        calls = js_opt(details, "tool_calls") if js_opt(details, "type") == "tool_calls" else None
         calls = calls if isinstance(calls, list) else []
-        declared = [call_id for c in calls if isinstance(call_id := _opt(c, "id"), str)]
-        if _opt(details, "type") == "tool_calls":
+        declared = [call_id for c in calls if isinstance(call_id := js_opt(c, "id"), str)]
+        if js_opt(details, "type") == "tool_calls":
             merged = [_with_completion(c, self.completions) for c in calls]
             merged += [
                 done for call_id, done in self.completions.items() if call_id not in declared
@@ -314,7 +164,7 @@ class _Step:
 
 
 def _with_completion(call: Any, done: dict[str, dict[str, Any]]) -> Any:
-    call_id = _opt(call, "id")
+    call_id = js_opt(call, "id")
     return {**call, **done[call_id]} if isinstance(call_id, str) and call_id in done else call
 
 
@@ -406,16 +256,16 @@ class ContentAggregator:
             return
         try:
             handler(data)
-        except _Abandon as exc:
+        except Abandon as exc:
             self.dropped_events += 1
             _log.warning("aggregator stopped a malformed %s event: %s", event_name, exc)
 
     def _on_delta(self, data: Any) -> None:
-        step = self._steps.get(_key(_get(data, "id")))
+        step = self._steps.get(js_key(js_get(data, "id")))
         if step is None:
             return
-        content = _get(_get(data, "delta"), "content")
-        if _nullish(content):
+        content = js_get(js_get(data, "delta"), "content")
+        if nullish(content):
             return
         index = step.index
         for part in content if isinstance(content, list) else (content,):
@@ -445,36 +295,36 @@ class ContentAggregator:
         return True
 
     def _on_run_step(self, data: Any) -> None:
-        details = _get(data, "stepDetails")
-        is_tool_step = _get(details, "type") == "tool_calls"
-        calls = _get(details, "tool_calls") if is_tool_step else UNDEFINED
-        if not (_nullish(calls) or isinstance(calls, list)):
-            raise _Abandon("stepDetails.tool_calls is not an array")
+        details = js_get(data, "stepDetails")
+        is_tool_step = js_get(details, "type") == "tool_calls"
+        calls = js_get(details, "tool_calls") if is_tool_step else UNDEFINED
+        if not (nullish(calls) or isinstance(calls, list)):
+            raise Abandon("stepDetails.tool_calls is not an array")
         self._sync_seeded()
-        source_index = _get(data, "index")
+        source_index = js_get(data, "index")
         call_indices: list[int] = []
         if isinstance(calls, list) and calls:
             for position, call in enumerate(calls):
-                index = self._tool_call_index(_get(call, "id"))
+                index = self._tool_call_index(js_get(call, "id"))
                 if index is None:
                     index = (
                         self._resolve_source(source_index) if position == 0 else self._allocate()
                     )
                 elif position == 0:
-                    self._source_index[_key(source_index)] = index
+                    self._source_index[js_key(source_index)] = index
                 call_indices.append(index)
             step_index = call_indices[0]
         else:
             step_index = self._resolve_source(source_index)
-        key = _key(_get(data, "id"))
+        key = js_key(js_get(data, "id"))
         step = self._steps.get(key)
         if step is None:
             self._steps[key] = step = _Step(data, step_index)
         else:
             step.data, step.index = data, step_index
         self._set_meta(step_index, data)
-        summary = _get(data, "summary")
-        if not _nullish(summary):
+        summary = js_get(data, "summary")
+        if not nullish(summary):
             self._update(step_index, summary)
         if not is_tool_step:
             return
@@ -482,35 +332,35 @@ class ContentAggregator:
         self._register(state, step_index, UNDEFINED)
         for position, call in enumerate(calls or ()):
             index = call_indices[position] if position < len(call_indices) else step_index
-            call_id = _get(call, "id")
-            call_id = "" if _nullish(call_id) else call_id
+            call_id = js_get(call, "id")
+            call_id = "" if nullish(call_id) else call_id
             self._register(state, index, call_id)
-            tool_call = {"args": _get(call, "args"), "name": _get(call, "name"), "id": call_id}
+            tool_call = {"args": js_get(call, "args"), "name": js_get(call, "name"), "id": call_id}
             self._set_meta(index, data)
             self._update(index, {"type": "tool_call", "tool_call": tool_call})
         self._tool_steps[key] = state
 
     def _on_step_delta(self, data: Any) -> None:
-        key = _key(_get(data, "id"))
+        key = js_key(js_get(data, "id"))
         step = self._steps.get(key)
         if step is None:
             return
-        delta = _get(data, "delta")
-        chunks = _get(delta, "tool_calls") if _get(delta, "type") == "tool_calls" else None
-        if not _truthy(chunks):
+        delta = js_get(data, "delta")
+        chunks = js_get(delta, "tool_calls") if js_get(delta, "type") == "tool_calls" else None
+        if not truthy(chunks):
             return
         if not isinstance(chunks, list):
-            raise _Abandon("delta.tool_calls is not an array")
+            raise Abandon("delta.tool_calls is not an array")
         state = self._tool_steps.get(key) or _ToolStep(step.index)
         for chunk in chunks:
-            self._tool_chunk(step, state, chunk, _get(delta, "auth"), _get(delta, "expires_at"))
+            self._tool_chunk(step, state, chunk, js_get(delta, "auth"), js_get(delta, "expires_at"))
         self._tool_steps[key] = state
 
     def _tool_chunk(self, step: _Step, state: _ToolStep, chunk: Any, auth: Any, exp: Any) -> None:
-        chunk_index = _get(chunk, "index")
-        chunk_index = chunk_index if _is_number(chunk_index) else None
-        call_id = _get(chunk, "id")
-        explicit = None if _nullish(call_id) or call_id == "" else call_id
+        chunk_index = js_get(chunk, "index")
+        chunk_index = chunk_index if is_number(chunk_index) else None
+        call_id = js_get(chunk, "id")
+        explicit = None if nullish(call_id) or call_id == "" else call_id
         index = self._tool_call_index(explicit)
         if index is None and chunk_index is not None:
             index = state.chunk_indices.get(chunk_index)
@@ -535,8 +385,8 @@ class ContentAggregator:
             state.unclaimed.pop(index, None)
             state.unbound.pop(index, None)
         tool_call: dict[str, Any] = {
-            "args": "" if _nullish(args := _get(chunk, "args")) else args,
-            "name": _get(chunk, "name"),
+            "args": "" if nullish(args := js_get(chunk, "args")) else args,
+            "name": js_get(chunk, "name"),
             "id": explicit if explicit is not None else state.call_ids.get(index, UNDEFINED),
             "auth": auth,
             "expires_at": exp,
@@ -545,20 +395,20 @@ class ContentAggregator:
         self._update(index, {"type": "tool_call", "tool_call": tool_call})
 
     def _on_completed(self, data: Any) -> None:
-        result = _get(data, "result")
-        key = _key(_get(result, "id"))
+        result = js_get(data, "result")
+        key = js_key(js_get(result, "id"))
         step = self._steps.get(key)
-        if _get(result, "type") == "summary" and "summary" in result:
+        if js_get(result, "type") == "summary" and "summary" in result:
             if step is not None:
                 self._set(step.index, result["summary"])
                 self._apply_meta(step.index)
             return
         if not isinstance(result, dict | list):
-            raise _Abandon("'in' on a completion result that is not an object")
+            raise Abandon("'in' on a completion result that is not an object")
         if not isinstance(result, dict) or "tool_call" not in result:
             return
         tool_call = result["tool_call"]
-        index = self._tool_call_index(_get(tool_call, "id"))
+        index = self._tool_call_index(js_get(tool_call, "id"))
         if index is None and step is not None:
             state = self._tool_steps.get(key)
             if state is not None and len(state.indices) == 1:
@@ -566,7 +416,9 @@ class ContentAggregator:
             elif state is None:
                 details = step.data["stepDetails"]
                 declared = (
-                    _get(details, "tool_calls") if _get(details, "type") == "tool_calls" else None
+                    js_get(details, "tool_calls")
+                    if js_get(details, "type") == "tool_calls"
+                    else None
                 )
                 if (len(declared) if isinstance(declared, list | str) else 0) <= 1:
                     index = step.index
@@ -583,31 +435,31 @@ class ContentAggregator:
         ):
             step.completions[tool_call["id"]] = tool_call
             done_at = result.get("completed_at", UNDEFINED)
-            if _is_number(done_at) and not (
-                _is_number(step.completed_at) and step.completed_at > done_at
+            if is_number(done_at) and not (
+                is_number(step.completed_at) and step.completed_at > done_at
             ):
                 step.completed_at = done_at
 
     def _on_agent_update(self, data: Any) -> None:
-        update = _opt(data, "agent_update")
-        if not _truthy(update):
+        update = js_opt(data, "agent_update")
+        if not truthy(update):
             return
         if not isinstance(update, dict):
-            raise _Abandon("agent_update is not an object")
+            raise Abandon("agent_update is not an object")
         index = self._resolve_source(update.get("index", UNDEFINED))
         self._update(index, {**data, "agent_update": {**update, "index": index}})
 
     def _on_summarize_delta(self, data: Any) -> None:
-        step = self._steps.get(_key(_get(data, "id")))
+        step = self._steps.get(js_key(js_get(data, "id")))
         if step is not None:
-            self._update(step.index, _get(_get(data, "delta"), "summary"))
+            self._update(step.index, js_get(js_get(data, "delta"), "summary"))
 
     def _on_summarize_complete(self, data: Any) -> None:
-        summary = _get(data, "summary")
-        boundary = _opt(summary, "boundary")
-        if not _truthy(boundary):
+        summary = js_get(data, "summary")
+        boundary = js_opt(summary, "boundary")
+        if not truthy(boundary):
             return
-        step = self._steps.get(_key(_get(boundary, "messageId")))
+        step = self._steps.get(js_key(js_get(boundary, "messageId")))
         if step is not None:
             self._set(step.index, summary)
             self._apply_meta(step.index)
@@ -618,16 +470,16 @@ class ContentAggregator:
         if not isinstance(part, dict):  # falsy, or a primitive/array whose .type is undefined
             return
         part_type = part.get("type")
-        if not _truthy(part_type):
+        if not truthy(part_type):
             return
         current = self._parts[index] if index < len(self._parts) else None
-        if not _truthy(current) and part_type != "tool_call":
+        if not truthy(current) and part_type != "tool_call":
             current = {"type": part_type}
             self._set(index, current)
         if not isinstance(part_type, str):
-            raise _Abandon(f"content part type {part_type!r} is not a string")
+            raise Abandon(f"content part type {part_type!r} is not a string")
         current_type = "" if current is None else _part_type(current)
-        if not part_type.startswith(_js_str("" if _nullish(current_type) else current_type)):
+        if not part_type.startswith(js_str("" if nullish(current_type) else current_type)):
             return  # content type mismatch
         text = part.get("text")
         text = text if isinstance(text, str) else None
@@ -641,12 +493,12 @@ class ContentAggregator:
             slot.rope.add(think)
             self._put_text(index, current, slot)
             return
-        if part_type.startswith("agent_update") and not _nullish(part.get("agent_update")):
+        if part_type.startswith("agent_update") and not nullish(part.get("agent_update")):
             self._set(index, {"type": "agent_update", "agent_update": part["agent_update"]})
         elif part_type in ("toolCall", "toolResponse"):
             self._set(index, dict(part))
         elif part_type == "summary":
-            merged = _spread_or_empty(_opt(current, "content")) + _spread_or_empty(
+            merged = _spread_or_empty(js_opt(current, "content")) + _spread_or_empty(
                 part.get("content")
             )
             self._set(index, {**part, "content": merged})
@@ -668,10 +520,10 @@ class ContentAggregator:
             if isinstance(old, list):  # the slot's own copy
                 old.extend(cites)
             else:
-                slot.citations = list(cites) if old is UNDEFINED else _spread(old) + cites
+                slot.citations = list(cites) if old is UNDEFINED else spread(old) + cites
         if text:
             slot.rope.add(text)
-        if _truthy(ids):
+        if truthy(ids):
             slot.tool_call_ids = ids
         elif text is not None:
             slot.tool_call_ids = UNDEFINED
@@ -681,57 +533,59 @@ class ContentAggregator:
         """Store a text/think update with the metadata the library's new object would get."""
         if slot is not current:
             self._set(index, slot)
-        meta = self._meta.get(index, _NO_META)
+        meta = self._meta.get(index, NO_META)
         slot.agent_id = meta.get("agentId", UNDEFINED)
         slot.group_id = meta.get("groupId", UNDEFINED)
         self._dirty.add(index)
 
     def _update_tool_call(self, index: int, current: Any, incoming: Any, final: bool) -> bool:
         """The ``tool_call`` branch; False where the library returns before applying metadata."""
-        name, call_id, args = _get(incoming, "name"), _get(incoming, "id"), _get(incoming, "args")
-        if (_nullish(name) or name == "") and not final:
+        name, call_id, args = (
+            js_get(incoming, "name"),
+            js_get(incoming, "id"),
+            js_get(incoming, "args"),
+        )
+        if (nullish(name) or name == "") and not final:
             return False
-        existing = _opt(current, "tool_call")
-        progress = _opt(existing, "progress")
-        if not final and _is_number(progress) and progress == 1:
+        existing = js_opt(current, "tool_call")
+        progress = js_opt(existing, "progress")
+        if not final and is_number(progress) and progress == 1:
             return False
-        new_id = _non_empty(call_id, _opt(existing, "id"))  # these may throw: before any change
+        new_id = non_empty(call_id, js_opt(existing, "id"))  # these may throw: before any change
         new_id = "" if new_id is UNDEFINED else new_id
-        new_name = _non_empty(name, _opt(existing, "name"))
-        old_args = _opt(existing, "args")
-        if final or _is_object(old_args) or _is_object(args):
+        new_name = non_empty(name, js_opt(existing, "name"))
+        old_args = js_opt(existing, "args")
+        if final or is_object(old_args) or is_object(args):
             new_args = args
         else:
-            new_args = _js_add(
-                "" if _nullish(old_args) else old_args, "" if _nullish(args) else args
-            )
-        if final and _nullish(new_args) and not _nullish(old_args):
+            new_args = js_add("" if nullish(old_args) else old_args, "" if nullish(args) else args)
+        if final and nullish(new_args) and not nullish(old_args):
             new_args = old_args
-        old_id = _opt(existing, "id")
+        old_id = js_opt(existing, "id")
         if (
-            not _nullish(old_id)
+            not nullish(old_id)
             and old_id != ""
             and old_id != new_id
-            and self._tool_index.get(_key(old_id)) == index
+            and self._tool_index.get(js_key(old_id)) == index
         ):
-            del self._tool_index[_key(old_id)]
+            del self._tool_index[js_key(old_id)]
         call: dict[str, Any] = {"id": new_id, "name": "" if new_name is UNDEFINED else new_name}
         if new_args is not UNDEFINED:
             call["args"] = new_args
         call["type"] = "tool_call"
-        auth = _get(incoming, "auth")
-        auth = _opt(existing, "auth") if _nullish(auth) else auth
-        expires = _get(incoming, "expires_at")
-        expires = _opt(existing, "expires_at") if _nullish(expires) else expires
-        if not _nullish(auth):
+        auth = js_get(incoming, "auth")
+        auth = js_opt(existing, "auth") if nullish(auth) else auth
+        expires = js_get(incoming, "expires_at")
+        expires = js_opt(existing, "expires_at") if nullish(expires) else expires
+        if not nullish(auth):
             call["auth"] = auth
             if expires is not UNDEFINED:
                 call["expires_at"] = expires
         if final:
             call["progress"] = 1
-            if (output := _get(incoming, "output")) is not UNDEFINED:
+            if (output := js_get(incoming, "output")) is not UNDEFINED:
                 call["output"] = output
-            if not _nullish(outcome := _get(incoming, "outcome")):
+            if not nullish(outcome := js_get(incoming, "outcome")):
                 call["outcome"] = outcome
         new_part = {"type": "tool_call", "tool_call": call}
         self._set(index, new_part)
@@ -743,7 +597,7 @@ class ContentAggregator:
         parts = self._parts
         if index >= len(parts):
             if index >= self._max_slots:
-                raise _Abandon(f"content index {index} is beyond max_slots={self._max_slots}")
+                raise Abandon(f"content index {index} is beyond max_slots={self._max_slots}")
             parts.extend([None] * (index + 1 - len(parts)))
         if (parts[index] is None) != (value is None):
             self._filled += -1 if value is None else 1
@@ -752,15 +606,15 @@ class ContentAggregator:
 
     def _set_meta(self, index: int, step: Any) -> None:
         """``setContentMeta``: remember the step's agent and parallel group for this slot."""
-        self._remember_meta(index, _opt(step, "agentId"), _opt(step, "groupId"))
+        self._remember_meta(index, js_opt(step, "agentId"), js_opt(step, "groupId"))
 
     def _remember_meta(self, index: int, agent: Any, group: Any) -> None:
-        has_agent = not _nullish(agent) and agent != ""
-        if has_agent or not _nullish(group):
+        has_agent = not nullish(agent) and agent != ""
+        if has_agent or not nullish(group):
             meta = self._meta.setdefault(index, {})
             if has_agent:
                 meta["agentId"] = agent
-            if not _nullish(group):
+            if not nullish(group):
                 meta["groupId"] = group
 
     def _apply_meta(self, index: int) -> None:
@@ -781,9 +635,9 @@ class ContentAggregator:
         if part is None:
             return
         if _part_type(part) == "tool_call":
-            call_id = _get(_part_get(part, "tool_call"), "id")
-            if not _nullish(call_id) and call_id != "":
-                self._tool_index[_key(call_id)] = index
+            call_id = js_get(_part_get(part, "tool_call"), "id")
+            if not nullish(call_id) and call_id != "":
+                self._tool_index[js_key(call_id)] = index
         self._remember_meta(index, _part_get(part, "agentId"), _part_get(part, "groupId"))
 
     def _sync_seeded(self) -> None:
@@ -796,7 +650,7 @@ class ContentAggregator:
         if call_id is None or call_id is UNDEFINED or call_id == "":
             return None
         self._sync_seeded()
-        return self._tool_index.get(_key(call_id))
+        return self._tool_index.get(js_key(call_id))
 
     def _allocate(self, minimum: int = 0) -> int:
         self._sync_seeded()
@@ -805,10 +659,10 @@ class ContentAggregator:
         return index
 
     def _resolve_source(self, source_index: Any) -> int:
-        key = _key(source_index)
+        key = js_key(source_index)
         index = self._source_index.get(key)
         if index is None:
-            index = self._allocate(_min_index(source_index))
+            index = self._allocate(min_index(source_index))
             self._source_index[key] = index
         return index
 
@@ -816,18 +670,18 @@ class ContentAggregator:
         """``registerToolContentIndex``: bind a slot to a tool step, and to a call id if given."""
         if index not in state.indices:
             state.indices[index] = state.unclaimed[index] = state.unbound[index] = None
-        if _nullish(call_id) or call_id == "":
+        if nullish(call_id) or call_id == "":
             return
         old = state.call_ids.get(index)
-        if old is not None and old != call_id and self._tool_index.get(_key(old)) == index:
-            del self._tool_index[_key(old)]
-        self._tool_index[_key(call_id)] = index
+        if old is not None and old != call_id and self._tool_index.get(js_key(old)) == index:
+            del self._tool_index[js_key(old)]
+        self._tool_index[js_key(call_id)] = index
         state.call_ids[index] = call_id
         state.unbound.pop(index, None)
 
 
 def _part_type(part: Any) -> Any:
-    return part.kind if isinstance(part, _TextSlot) else _opt(part, "type")
+    return part.kind if isinstance(part, _TextSlot) else js_opt(part, "type")
 
 
 def _part_get(part: Any, key: str) -> Any:
@@ -835,30 +689,30 @@ def _part_get(part: Any, key: str) -> Any:
         return (
             part.agent_id if key == "agentId" else part.group_id if key == "groupId" else UNDEFINED
         )
-    return _opt(part, key)
+    return js_opt(part, key)
 
 
 def _spread_or_empty(value: Any) -> list[Any]:
-    return [] if _nullish(value) else _spread(value)
+    return [] if nullish(value) else spread(value)
 
 
 def parse_text_parts(parts: list[Any], skip_reasoning: bool = False) -> str:
     """``parseTextParts`` of librechat-data-provider 0.8.524 (without ``includeSteer``)."""
     result = ""
     for part in parts:
-        part_type = _opt(part, "type")
-        if not _truthy(part_type):
+        part_type = js_opt(part, "type")
+        if not truthy(part_type):
             continue
         if part_type == "text":
             value = part.get("text")
-            value = value if isinstance(value, str) else _opt(value, "value")
+            value = value if isinstance(value, str) else js_opt(value, "value")
         elif part_type == "think" and not skip_reasoning:
             value = part.get("think")
             value = value if isinstance(value, str) else ""
         else:
             continue
         if not isinstance(value, str):
-            result += _js_str(value) if _truthy(value) else ""
+            result += js_str(value) if truthy(value) else ""
         elif result and value and result[-1] != " " and value[0] != " ":
             result += " " + value
         else:
