@@ -7,10 +7,7 @@ aggregator itself can read like the TypeScript it ports.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Final
-
-_log = logging.getLogger("actors.aggregator")
 
 
 class Undefined:
