@@ -1,0 +1,152 @@
+"""From the workers' raw results to the catalogue's figures (see :mod:`bench.figures`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .figures import SIZES, SPECS, error, figure, skipped
+
+
+def _runs_ok(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+    ok = [r for r in runs if "error" not in r]
+    errs = [r["error"] for r in runs if "error" in r]
+    return ok, (errs[0] if errs else None)
+
+
+def ingest(raw: dict[str, Any], params: dict[str, Any], redis_reason: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    rounds: list[dict[str, dict[str, Any]]] = raw.get("rounds", [])
+    for mode in ("flat", "paced"):
+        for system in ("genjobs", "nats", "redis"):
+            key = f"ingest.{mode}.{system}"
+            if system == "redis" and redis_reason:
+                for q in ("rate", "p50_ms", "p99_ms"):
+                    out[f"{key}.{q}"] = skipped(redis_reason)
+                continue
+            runs, err = _runs_ok([r[f"{mode}.{system}"] for r in rounds if f"{mode}.{system}" in r])
+            p = {"jobs": params["jobs"], "mode": mode}
+            p["duration_s"] = params[f"{mode}_duration"]
+            if mode == "paced":
+                p["rate_per_job"] = params["rate"]
+            for q in ("rate", "p50_ms", "p99_ms"):
+                if err or not runs:
+                    out[f"{key}.{q}"] = error(err or "not run")
+                else:
+                    out[f"{key}.{q}"] = figure([r[q] for r in runs], params=p)
+    for other in ("nats", "redis"):
+        key = f"ingest.ratio.vs_{other}"
+        if other == "redis" and redis_reason:
+            out[key] = skipped(redis_reason)
+            continue
+        ratios = []
+        for r in rounds:
+            a, b = r.get("flat.genjobs", {}), r.get(f"flat.{other}", {})
+            if "rate" in a and "rate" in b:
+                ratios.append(a["rate"] / b["rate"])
+        out[key] = figure(ratios, params={"how": "per round, genjobs tokens/s / baseline msgs/s"})
+    return out
+
+
+def resume(raw: dict[str, Any], params: dict[str, Any], redis_reason: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "error" in raw:
+        return {k: error(raw["error"]) for k in SPECS if k.startswith(("resume.", "catchup."))}
+    for n in SIZES:
+        g = raw["genjobs"].get(str(n))
+        for q in ("p50", "p99"):
+            key = f"resume.genjobs.{n}.{q}_ms"
+            out[key] = figure(g[f"{q}_ms"], params={"samples_per_block": params["samples"]})
+            rkey = f"resume.redis.{n}.{q}_ms"
+            if redis_reason:
+                out[rkey] = skipped(redis_reason)
+            else:
+                r = raw["redis"][str(n)]
+                out[rkey] = figure(r[f"{q}_ms"], params={"samples_per_block": r["n"]})
+    small, large = raw["genjobs"][str(SIZES[0])]["p50_ms"], raw["genjobs"][str(SIZES[-1])]["p50_ms"]
+    out["resume.genjobs.flatness"] = figure(
+        [b / a for a, b in zip(small, large, strict=True)], params={"how": "per block"}
+    )
+    c = raw["catchup"]
+    out["catchup.genjobs.ms"] = figure(
+        c["median_ms"], params={"events": c["events"], "reads_per_block": params["catchup_reads"]}
+    )
+    return out
+
+
+def abort(raw: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    keys = [k for k in SPECS if k.startswith("abort.")]
+    if "error" in raw:
+        return {k: error(raw["error"]) for k in keys}
+    p = {"aborts_per_block": raw["jobs_per_block"], "tokens_per_s_per_job": raw["rate"]}
+    return {k: figure(raw[k.split(".")[1]][k.split(".")[2]], params=p) for k in keys}
+
+
+def memory(jobs: dict[str, Any], readers: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "error" in jobs:
+        out["memory.job_kb"] = error(jobs["error"])
+    else:
+        out["memory.job_kb"] = figure(
+            [b / 1024 for b in jobs["bytes_per_job_batches"]],
+            value=jobs["bytes_per_job"] / 1024,
+            params={"jobs": jobs["jobs"], "spread": "per third of the jobs"},
+        )
+    if "error" in readers:
+        for k in ("memory.reader_kb", "readers.idle_cpu_pct"):
+            out[k] = error(readers["error"])
+    else:
+        out["memory.reader_kb"] = figure(
+            [b / 1024 for b in readers["bytes_per_reader_batches"]],
+            value=readers["bytes_per_reader"] / 1024,
+            params={"readers": readers["readers"], "spread": "per third of the readers"},
+        )
+        out["readers.idle_cpu_pct"] = figure(
+            readers["idle_cpu_pct_windows"],
+            value=readers["idle_cpu_pct"],
+            params={
+                "readers": readers["readers"],
+                "window_s": readers["window_s"],
+                "nats_server_cpu_pct": readers["nats_server_cpu_pct"],
+                "spread": "five sub-windows",
+            },
+        )
+    return out
+
+
+def delivery(raw: dict[str, Any]) -> dict[str, Any]:
+    keys = ("readers.delivery.p50_ms", "readers.delivery.p99_ms")
+    if "error" in raw:
+        return {k: error(raw["error"]) for k in keys}
+    r = raw["readers"]
+    p = {
+        "readers": r["readers"],
+        "jobs": r["jobs"],
+        "deliveries": r["deliveries"],
+        "producer_rate": raw["producer"]["rate"],
+        "spread": "the run cut in three by emit time",
+    }
+    return {
+        "readers.delivery.p50_ms": figure(r["p50_ms"], params=p),
+        "readers.delivery.p99_ms": figure(
+            r["p99_ms"], params={**p, "p99_pooled_ms": r["p99_ms_all"]}
+        ),
+    }
+
+
+def aggregator(raw: dict[str, Any]) -> dict[str, Any]:
+    names = {
+        "aggregator.events_per_s": "aggregate_events_per_s",
+        "aggregator.long_with_reads.events_per_s": "aggregate_10x_with_reads_events_per_s",
+        "aggregator.coalesce.events_per_s": "coalesce_events_per_s",
+    }
+    if "error" in raw:
+        return {k: error(raw["error"]) for k in names}
+    out = {}
+    for key, src in names.items():
+        r = raw[src]
+        out[key] = figure(
+            [r["min"], r["max"]],
+            value=r["median"],
+            params={"fixture": raw["fixture"], "events": raw["events"], "repeat": raw["repeat"]},
+        )
+    return out

@@ -1,0 +1,184 @@
+"""The figures the bench reports, how each is made from the workers' results, and the targets.
+
+Every figure has a stable key (``latest.json`` and the smoke test rely on them), a median and
+a spread (min and max over the runs or blocks it was measured in), or a status ``skipped``
+with the reason (the Redis rows when redis-server is absent) or ``error`` with the failure.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+SIZES = (100, 1000, 10000)
+
+
+@dataclass(frozen=True)
+class Spec:
+    key: str
+    section: str
+    label: str
+    unit: str
+    redis: bool = False  # skipped, not failed, when the Redis baseline cannot run
+
+
+def _ingest() -> list[Spec]:
+    out = []
+    for mode, what in (("flat", "flat-out"), ("paced", "paced 50 tokens/s per job")):
+        for system, unit, name in (
+            ("genjobs", "tokens/s", "genjobs"),
+            ("nats", "msgs/s", "raw nats-py publish_async"),
+            ("redis", "chunks/s", "Redis-style XADD+PUBLISH"),
+        ):
+            sec = "1. Ingest"
+            r = system == "redis"
+            out.append(Spec(f"ingest.{mode}.{system}.rate", sec, f"{name}, {what}", unit, r))
+            out.append(Spec(f"ingest.{mode}.{system}.p50_ms", sec, f"{name}, {what}: p50", "ms", r))
+            out.append(Spec(f"ingest.{mode}.{system}.p99_ms", sec, f"{name}, {what}: p99", "ms", r))
+    out.append(
+        Spec("ingest.ratio.vs_nats", "1. Ingest", "genjobs / raw publish_async, flat-out", "x")
+    )
+    out.append(
+        Spec("ingest.ratio.vs_redis", "1. Ingest", "genjobs / Redis-style, flat-out", "x", True)
+    )
+    return out
+
+
+def _resume() -> list[Spec]:
+    out = []
+    for n in SIZES:
+        for q in ("p50", "p99"):
+            out.append(
+                Spec(f"resume.genjobs.{n}.{q}_ms", "2. Resume", f"genjobs, {n:,} events: {q}", "ms")
+            )
+    for n in SIZES:
+        for q in ("p50", "p99"):
+            out.append(
+                Spec(
+                    f"resume.redis.{n}.{q}_ms",
+                    "2. Resume",
+                    f"Redis-style read-all + aggregate, {n:,} events: {q}",
+                    "ms",
+                    True,
+                )
+            )
+    out.append(
+        Spec("resume.genjobs.flatness", "2. Resume", "genjobs p50 10,000 / p50 100 events", "x")
+    )
+    return out
+
+
+CATALOGUE: list[Spec] = [
+    *_ingest(),
+    *_resume(),
+    Spec("catchup.genjobs.ms", "3. Catch-up", "reader from seq 0 of a finished job", "ms"),
+    Spec("abort.signal.p50_ms", "4. Abort", "request -> producer's abort signal: p50", "ms"),
+    Spec("abort.signal.p99_ms", "4. Abort", "request -> producer's abort signal: p99", "ms"),
+    Spec("abort.reply.p50_ms", "4. Abort", "request -> AbortResult reply: p50", "ms"),
+    Spec("abort.reply.p99_ms", "4. Abort", "request -> AbortResult reply: p99", "ms"),
+    Spec("memory.job_kb", "5. Memory", "RSS per running idle job", "KB"),
+    Spec("memory.reader_kb", "5. Memory", "RSS per idle reader", "KB"),
+    Spec(
+        "readers.idle_cpu_pct", "6. Readers", "idle CPU of a process of idle readers", "% of a core"
+    ),
+    Spec("readers.delivery.p50_ms", "6. Readers", "delivery to many readers: p50", "ms"),
+    Spec("readers.delivery.p99_ms", "6. Readers", "delivery to many readers: p99", "ms"),
+    Spec("aggregator.events_per_s", "7. Aggregator", "5,000-delta fixture", "events/s"),
+    Spec(
+        "aggregator.long_with_reads.events_per_s",
+        "7. Aggregator",
+        "fixture x10 with content() every 1,000",
+        "events/s",
+    ),
+    Spec("aggregator.coalesce.events_per_s", "7. Aggregator", "coalescing", "events/s"),
+]
+SPECS = {s.key: s for s in CATALOGUE}
+KEYS = [s.key for s in CATALOGUE]
+
+
+def figure(
+    runs: list[float], *, value: float | None = None, params: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A measured figure: median over ``runs`` (or ``value``), min and max as spread."""
+    clean = [float(x) for x in runs if x is not None and not math.isnan(float(x))]
+    if not clean:
+        return error("no samples")
+    return {
+        "status": "ok",
+        "median": float(value) if value is not None else statistics.median(clean),
+        "min": min(clean),
+        "max": max(clean),
+        "runs": clean,
+        "params": params or {},
+    }
+
+
+def skipped(reason: str) -> dict[str, Any]:
+    return {"status": "skipped", "reason": reason}
+
+
+def error(reason: str) -> dict[str, Any]:
+    return {"status": "error", "reason": reason}
+
+
+# --- targets ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    keys: tuple[str, ...]
+    check: Callable[[list[float]], bool]
+    goal: str
+
+
+def _le(limit: float) -> Callable[[list[float]], bool]:
+    return lambda xs: all(x <= limit for x in xs)
+
+
+def _ge(limit: float) -> Callable[[list[float]], bool]:
+    return lambda xs: all(x >= limit for x in xs)
+
+
+TARGETS: list[Target] = [
+    Target("ingest rate", ("ingest.flat.genjobs.rate",), _ge(30_000), ">= 30,000 tokens/s"),
+    Target("ingest p99, paced", ("ingest.paced.genjobs.p99_ms",), _le(50), "<= 50 ms"),
+    Target("ingest p99, flat-out", ("ingest.flat.genjobs.p99_ms",), _le(50), "<= 50 ms"),
+    Target("vs raw publish_async", ("ingest.ratio.vs_nats",), _ge(2), ">= 2x msgs/s"),
+    Target("vs Redis-style store", ("ingest.ratio.vs_redis",), _ge(10), ">= 10x"),
+    Target(
+        "resume p50",
+        tuple(f"resume.genjobs.{n}.p50_ms" for n in SIZES),
+        _le(5),
+        "<= 5 ms at 100, 1,000 and 10,000 events",
+    ),
+    Target(
+        "resume flat",
+        ("resume.genjobs.flatness",),
+        _le(2),
+        "p50 at 10,000 events <= 2x p50 at 100",
+    ),
+    Target("catch-up 5,000 events", ("catchup.genjobs.ms",), _le(100), "<= 100 ms"),
+    Target("abort signal p99", ("abort.signal.p99_ms",), _le(5), "<= 5 ms"),
+    Target("abort reply p99", ("abort.reply.p99_ms",), _le(20), "<= 20 ms"),
+    Target("memory per running job", ("memory.job_kb",), _le(16), "<= 16 KB"),
+    Target("2,000 idle readers", ("readers.idle_cpu_pct",), _le(30), "<= 30 % of one core"),
+]
+
+
+def evaluate(figures: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for t in TARGETS:
+        figs = [figures.get(k, error("missing")) for k in t.keys]
+        bad = [f for f in figs if f["status"] != "ok"]
+        row: dict[str, Any] = {"target": t.name, "goal": t.goal, "figures": list(t.keys)}
+        if bad:
+            row.update(status=bad[0]["status"], reason=bad[0].get("reason"), values=None)
+        else:
+            values = [f["median"] for f in figs]
+            row.update(status="met" if t.check(values) else "not met", values=values)
+        out.append(row)
+    return out
