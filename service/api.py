@@ -1,0 +1,661 @@
+"""The ``genjobs`` NATS micro service (DESIGN §8) and the remote-ingest subjects (§9) of a replica.
+
+    api = ServiceApi(replica)        # a started Replica
+    await api.start()                # before taking traffic
+    ...
+    await api.stop()                 # before replica.stop(): stop taking work first
+
+Every replica registers the same service (``nats micro ls`` shows one instance per replica) with
+the endpoints ``<prefix>.api.{create,status,resume,abort,active,counts,sync}`` in the default
+queue group, so each request is handled by one replica. nats.micro runs an endpoint's handler
+serially, so the handler only takes a slot (bounded per endpoint: a flood of slow aborts applies
+backpressure to ``abort`` alone) and hands the request to a task of this object's TaskGroup; a
+request stuck on a dead owner never delays another one.
+
+Remote producers send batches to ``<prefix>.ingest.<job_id>``. Every replica subscribes (no
+queue group) and only the owner answers, like the abort subject. The batch is decoded and queued
+to the job's actor inside the subscription callback, so batches reach the actor in the order
+they were sent even when a producer pipelines them; only the wait for durability runs in a task.
+A job that ended while this replica owned it keeps a small tombstone (bounded, for
+``completed_ttl``), so a producer still sending learns ``aborted: true`` (or ``conflict`` for a
+job that completed) instead of waiting for a reply nobody sends.
+
+Every failure is answered with the micro error headers (``Nats-Service-Error``,
+``Nats-Service-Error-Code``) and the body ``{"error": {"code", "message"}}``; unexpected
+exceptions are logged with their traceback and answered ``unavailable``. A request without a
+reply subject (a plain publish) is processed and not answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+import msgspec
+from msgspec import Struct
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import SEMVER_REGEX, Endpoint, EndpointStats, Service
+
+from actors.messages import Ingest
+from actors.stream_actor import StreamActor
+from schemas.api import (
+    AbortRequest,
+    ActiveRequest,
+    CountsRequest,
+    CreateRequest,
+    ErrorCode,
+    IngestReply,
+    JobRequest,
+    ResumeRequest,
+    StatusRequest,
+    decode,
+    decode_ingest,
+    encode,
+    error_body,
+)
+from schemas.errors import (
+    BadRequest,
+    Conflict,
+    GenjobsError,
+    JobEnded,
+    TooLarge,
+    Unavailable,
+)
+from schemas.events import classify
+from schemas.ids import check_id, check_optional_id
+from schemas.job import JobStatus, record_to_dict
+
+from .replica import Replica
+
+log = logging.getLogger("genjobs.api")
+_enc = msgspec.json.Encoder()
+
+SERVICE_NAME: Final = "genjobs"
+ERROR_HEADER: Final = "Nats-Service-Error"
+ERROR_CODE_HEADER: Final = "Nats-Service-Error-Code"
+UNKNOWN_QUEUE: Final = "genjobs-unknown"
+MAX_EVENT_DEPTH: Final = 64
+"""Deeper event payloads are refused: msgspec's recursion limit (~1,000 levels) would otherwise
+be hit later inside the actor, failing the job instead of the request."""
+
+ENDPOINT_DOCS: Final[dict[str, tuple[str, str]]] = {
+    "create": (
+        "{userId, conversationId?, jobId?, tenantId?, idempotencyKey?, replace?}",
+        "job record (jobData); the answering replica owns the job",
+    ),
+    "status": ("{jobId, userId, tenantId?}", "{active, status, aggregatedContent, createdAt, seq}"),
+    "resume": ("{jobId, userId, tenantId?}", "resume snapshot; continue reading at seq + 1"),
+    "abort": ("{jobId, userId, tenantId?}", "AbortResult"),
+    "active": ("{userId, tenantId?}", "{activeJobIds}"),
+    "counts": ("{}", "{running, complete, error, aborted}"),
+    "sync": ("{jobId, userId, tenantId?, syncSent?}", "{syncSent}; sets it when given"),
+}
+
+
+class SyncRequest(
+    Struct,
+    frozen=True,
+    kw_only=True,
+    rename="camel",
+    omit_defaults=True,
+    forbid_unknown_fields=True,
+):
+    """LibreChat's ``syncSent`` marker: read it, or set it when ``syncSent`` is given."""
+
+    job_id: str
+    user_id: str
+    tenant_id: str | None = None
+    sync_sent: bool | None = None
+
+
+_SYNC_DECODER: Final = msgspec.json.Decoder(SyncRequest)
+
+
+def service_version() -> str:
+    """The package version if it is semver (nats.micro insists), else ``0.1.0``."""
+    try:
+        version = importlib.metadata.version("genjobs")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.1.0"
+    return version if SEMVER_REGEX.match(version) else "0.1.0"
+
+
+def _header_text(text: str, limit: int = 200) -> str:
+    """One printable ASCII line: header values go to every client library, not just ours."""
+    ascii_text = text.encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(c if c.isprintable() else " " for c in ascii_text)[:limit]
+
+
+def _too_deep(obj: dict[str, Any], limit: int) -> bool:
+    """Whether ``obj`` nests containers deeper than ``limit`` (iterative: no recursion)."""
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        values = item.values() if isinstance(item, dict) else item
+        stack.extend((v, depth + 1) for v in values if isinstance(v, (dict, list)))
+    return False
+
+
+def _decode(data: bytes, type_: type[Any]) -> Any:
+    """Raises: BadRequest (malformed JSON, wrong types, missing or unknown fields)."""
+    try:
+        if type_ is SyncRequest:
+            return _SYNC_DECODER.decode(data if data.strip() else b"{}")
+        return decode(data, type_)
+    except msgspec.DecodeError as e:
+        raise BadRequest(f"invalid SyncRequest: {e}") from e
+    except (ValueError, RecursionError) as e:
+        raise BadRequest(str(e) if isinstance(e, ValueError) else "JSON nested too deeply") from e
+
+
+def _job_ids(req: JobRequest | SyncRequest) -> tuple[str, str, str | None]:
+    """Raises: InvalidId."""
+    return (
+        check_id(req.job_id, "jobId"),
+        check_id(req.user_id, "userId"),
+        check_optional_id(req.tenant_id, "tenantId"),
+    )
+
+
+@dataclass(slots=True)
+class _Ended:
+    """What a former owner still knows about a job it served, to answer a late ingest."""
+
+    status: JobStatus
+    aborted: bool
+    next_index: int
+    expires: float
+
+
+class ServiceApi:
+    """The micro service endpoints and the ingest subscription of one started replica."""
+
+    def __init__(
+        self,
+        replica: Replica,
+        *,
+        max_inflight: int = 256,
+        request_deadline: float | None = None,
+        max_tombstones: int = 10_000,
+    ) -> None:
+        self.replica = replica
+        self.s = replica.s
+        self.max_inflight = max_inflight
+        self.request_deadline = request_deadline or max(30.0, 6 * self.s.request_timeout)
+        """Upper bound of one request's work; past it the caller gets ``unavailable``."""
+        self._max_tombstones = max_tombstones
+        self._handlers: dict[str, Callable[[bytes], Awaitable[Any]]] = {
+            "create": self._create,
+            "status": self._status,
+            "resume": self._resume,
+            "abort": self._abort,
+            "active": self._active,
+            "counts": self._counts,
+            "sync": self._sync,
+        }
+        self._slots = {name: asyncio.Semaphore(max_inflight) for name in self._handlers}
+        self._ingest_slots = asyncio.Semaphore(max_inflight)
+        self._inflight: dict[str, int] = {}
+        self._endpoints: dict[str, Endpoint] = {}
+        self._service: Service | None = None
+        self._subs: list[Subscription] = []
+        self._tg: asyncio.TaskGroup | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
+        self._watched: dict[str, int] = {}  # running job -> next ingest index acknowledged
+        self._ended: OrderedDict[str, _Ended] = OrderedDict()
+        self._ingest_prefix = f"{self.s.prefix}.ingest."
+        self.stopped = False
+
+    @property
+    def service(self) -> Service:
+        assert self._service is not None, "ServiceApi not started"
+        return self._service
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Register the service and subscribe.
+
+        Raises:
+            nats errors if NATS refuses; whatever was set up is stopped again first.
+        """
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._supervisor = asyncio.create_task(self._supervise(ready), name="api-supervisor")
+        await ready
+        try:
+            await self._register()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+        log.info(
+            "service %s %s serving %s.api.* and %s.ingest.*",
+            SERVICE_NAME,
+            self.service.id,
+            self.s.prefix,
+            self.s.prefix,
+        )
+
+    async def _register(self) -> None:
+        nc = self.replica.nc
+        p = self.s.prefix
+        self._service = await add_service(
+            nc,
+            name=SERVICE_NAME,
+            version=service_version(),
+            description="Resumable LLM generation jobs: create, status, resume, abort, usage.",
+            metadata={"prefix": p, "replica": self.replica.replica_id},
+            # The CLI validates `data` as an object; nats-py sends null without a handler.
+            stats_handler=self._endpoint_data,
+        )
+        group = self._service.add_group(name=f"{p}.api")
+        for name in self._handlers:
+            request, reply = ENDPOINT_DOCS[name]
+            await group.add_endpoint(
+                name=name,
+                handler=self._endpoint_handler(name),
+                metadata={"request": request, "reply": reply},
+            )
+            self._endpoints[name] = self._service._endpoints[-1]
+        self._subs.append(
+            await nc.subscribe(f"{p}.api.>", queue=UNKNOWN_QUEUE, cb=self._on_unknown)
+        )
+        self._subs.append(await nc.subscribe(f"{p}.ingest.*", cb=self._on_ingest))
+        await nc.flush()
+
+    def _endpoint_data(self, stats: EndpointStats) -> dict[str, int]:
+        """Endpoint-specific statistics (``nats micro info``): requests being worked on now."""
+        return {"inFlight": self._inflight.get(stats.name, 0), "maxInFlight": self.max_inflight}
+
+    async def _supervise(self, ready: asyncio.Future[None]) -> None:
+        """Owns every request task; leaving the group waits for them."""
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            ready.set_result(None)
+            await self._closing.wait()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking requests, then wait for in-flight ones (bounded by ``grace``, default
+        ``shutdown_grace``); requests still running after that are cancelled and answered
+        ``unavailable``. Idempotent; works after the connection was closed (``Replica.kill``)."""
+        if self.stopped:
+            return
+        self.stopped = True
+        if not self.replica.nc.is_closed:
+            try:
+                if self._service is not None:
+                    await self._service.stop()
+                for sub in self._subs:
+                    await sub.unsubscribe()
+            except NatsError as e:
+                log.warning("service %s: unsubscribing failed: %s", SERVICE_NAME, e)
+        self._closing.set()
+        sup = self._supervisor
+        if sup is None:
+            return
+        done, _ = await asyncio.wait(
+            [sup], timeout=self.s.shutdown_grace if grace is None else grace
+        )
+        if not done:
+            log.warning("service stop: cancelling requests still running after the grace period")
+            sup.cancel()
+            await asyncio.wait([sup])
+        if not sup.cancelled() and sup.exception() is not None:
+            log.error("service request tasks failed", exc_info=sup.exception())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Raises: Unavailable when stopping (the coroutine is closed, not leaked)."""
+        sup = self._supervisor
+        if self._tg is None or self._closing.is_set() or sup is None or sup.done():
+            coro.close()
+            raise Unavailable("service is shutting down")
+        self._tg.create_task(coro, name=name)
+
+    # --- endpoints ------------------------------------------------------------------------
+
+    def _endpoint_handler(self, name: str) -> Callable[[Request], Awaitable[None]]:
+        slots = self._slots[name]
+
+        async def handler(req: Request) -> None:
+            await slots.acquire()  # backpressure on this endpoint only
+            self._inflight[name] = self._inflight.get(name, 0) + 1
+            try:
+                self._spawn(self._serve(name, req, time.perf_counter_ns()), name=f"api:{name}")
+            except BaseException as e:
+                slots.release()
+                self._inflight[name] -= 1
+                if not isinstance(e, Unavailable):
+                    raise
+                await self._send_error(_msg(req), e)
+
+        return handler
+
+    async def _serve(self, name: str, req: Request, started: int) -> None:
+        msg = _msg(req)
+        error: GenjobsError | None = None
+        reply = b""
+        deadline = asyncio.timeout(self.request_deadline)
+        try:
+            try:
+                async with deadline:
+                    reply = _enc.encode(await self._handlers[name](req.data))
+            except GenjobsError as e:
+                error = e
+            except TimeoutError:
+                # Ours (the deadline) or a NATS request inside the operation: both mean "try
+                # again later", not a bug.
+                error = Unavailable(f"{name}: timed out")
+                log.warning(
+                    "api %s: timed out (%s)",
+                    name,
+                    f"deadline {self.request_deadline:.1f}s" if deadline.expired() else "NATS",
+                )
+            except asyncio.CancelledError:
+                await self._send_error(msg, Unavailable("shutting down"))
+                raise
+            except Exception:
+                log.exception("api %s: unexpected error", name)
+                error = Unavailable("internal error")
+            # Counted before answering, so a caller that reads the stats next sees this request.
+            self._account(name, time.perf_counter_ns() - started, error)
+            if error is None:
+                await self._send(msg, reply)
+            else:
+                await self._send_error(msg, error)
+        finally:
+            self._slots[name].release()
+            self._inflight[name] -= 1
+
+    def _account(self, name: str, elapsed_ns: int, error: GenjobsError | None) -> None:
+        """nats.micro counts what its handler sees; ours returns at once, so the task adds the
+        real processing time and the errors (``nats micro stats``). These are nats-py
+        internals (pinned range): if they change, stats lose detail, requests are unaffected."""
+        ep = cast(Any, self._endpoints.get(name))
+        if ep is None:
+            return
+        try:
+            ep._processing_time += elapsed_ns
+            ep._average_processing_time = ep._processing_time // max(1, ep._num_requests)
+            if error is not None:
+                ep._num_errors += 1
+                ep._last_error = f"{_code(error).status}:{_header_text(error.message)}"
+        except (AttributeError, TypeError) as e:
+            log.warning("endpoint stats not updated (nats.micro internals changed?): %r", e)
+            self._endpoints.pop(name, None)
+
+    async def _create(self, data: bytes) -> Any:
+        req: CreateRequest = self._parse(data, CreateRequest)
+        user_id = check_id(req.user_id, "userId")
+        tenant_id = check_optional_id(req.tenant_id, "tenantId")
+        job_id = check_optional_id(req.job_id, "jobId")
+        try:
+            handle = await self.replica.create_job(
+                user_id,
+                conversation_id=check_optional_id(req.conversation_id, "conversationId"),
+                job_id=job_id,
+                tenant_id=tenant_id,
+                idempotency_key=req.idempotency_key,
+                replace=req.replace,
+            )
+        except Conflict as e:
+            # An idempotent retry answered by another replica than the owner: same job.
+            existing = e.details.get("job_id")
+            if req.idempotency_key is None or "owner" not in e.details or existing is None:
+                raise
+            rec, _ = await self.replica.ops.record(existing, user_id, tenant_id)
+            if rec.idempotency_key != req.idempotency_key or rec.status is not JobStatus.RUNNING:
+                raise
+            return record_to_dict(rec)
+        actor = self.replica.registry.get(handle.job_id)
+        if actor is not None:
+            self._watch(actor)
+        return record_to_dict(handle.record)
+
+    async def _status(self, data: bytes) -> Any:
+        return await self.replica.ops.status(*_job_ids(self._parse(data, StatusRequest)))
+
+    async def _resume(self, data: bytes) -> Any:
+        return await self.replica.ops.resume(*_job_ids(self._parse(data, ResumeRequest)))
+
+    async def _abort(self, data: bytes) -> Any:
+        job_id, user_id, tenant_id = _job_ids(self._parse(data, AbortRequest))
+        return await self.replica.ops.abort(job_id, user_id, tenant_id, by="api")
+
+    async def _active(self, data: bytes) -> Any:
+        req: ActiveRequest = self._parse(data, ActiveRequest)
+        user_id = check_id(req.user_id, "userId")
+        tenant_id = check_optional_id(req.tenant_id, "tenantId")
+        return {"activeJobIds": await self.replica.ops.active(user_id, tenant_id)}
+
+    async def _counts(self, data: bytes) -> Any:
+        self._parse(data, CountsRequest)
+        return await self.replica.ops.counts()
+
+    async def _sync(self, data: bytes) -> Any:
+        req: SyncRequest = self._parse(data, SyncRequest)
+        job_id, user_id, tenant_id = _job_ids(req)
+        if req.sync_sent is None:
+            rec, _ = await self.replica.ops.record(job_id, user_id, tenant_id)
+            return {"syncSent": rec.sync_sent}
+        value = await self.replica.ops.set_sync_sent(job_id, user_id, tenant_id, req.sync_sent)
+        return {"syncSent": value}
+
+    def _parse(self, data: bytes, type_: type[Any]) -> Any:
+        """Raises: TooLarge, BadRequest."""
+        if len(data) > self.s.max_request_bytes:
+            raise TooLarge(f"request of {len(data)} bytes exceeds {self.s.max_request_bytes}")
+        return _decode(data, type_)
+
+    async def _on_unknown(self, msg: Msg) -> None:
+        """One replica (its own queue group) answers requests to endpoints that do not exist."""
+        name = msg.subject[len(self.s.prefix) + len(".api.") :]
+        if name in self._handlers:
+            return  # the endpoint itself answers
+        known = ", ".join(self._handlers)
+        await self._send_error(msg, BadRequest(f"unknown endpoint {name!r}; known: {known}"))
+
+    # --- remote ingest --------------------------------------------------------------------
+
+    async def _on_ingest(self, msg: Msg) -> None:
+        """``<prefix>.ingest.<job_id>``: the owner answers, every other replica stays silent.
+
+        Decoding and queueing happen here, in the subscription's order; a task waits for the
+        batch to be durable and answers.
+        """
+        job_id = msg.subject[len(self._ingest_prefix) :]
+        actor = self.replica.registry.get(job_id)
+        if actor is None:
+            ended = self._tombstone(job_id)
+            if ended is not None:
+                await self._answer_ended(msg, job_id, ended.status, ended.aborted, ended.next_index)
+            return
+        await self._ingest_slots.acquire()
+        handed_off = False
+        try:
+            try:
+                cmd = self._ingest_command(msg.data)
+                actor.request(cmd)
+            except JobEnded:
+                next_index = self._watched.get(job_id, 0)
+                await self._answer_ended(
+                    msg, job_id, actor.rec.status, actor.aborted.is_set(), next_index
+                )
+                return
+            self._watch(actor)
+            self._spawn(self._await_ingest(msg, actor, cmd), name=f"ingest:{job_id}")
+            handed_off = True
+        except GenjobsError as e:
+            await self._send_error(msg, e)
+        except Exception:
+            log.exception("ingest %s: unexpected error", job_id)
+            await self._send_error(msg, Unavailable("internal error"))
+        finally:
+            if not handed_off:
+                self._ingest_slots.release()
+
+    def _ingest_command(self, data: bytes) -> Ingest:
+        """Raises: TooLarge, BadRequest."""
+        if len(data) > self.s.max_request_bytes:
+            raise TooLarge(f"batch of {len(data)} bytes exceeds {self.s.max_request_bytes}")
+        try:
+            batch = decode_ingest(data)
+        except ValueError as e:
+            raise BadRequest(str(e)) from e
+        except RecursionError as e:
+            raise BadRequest("JSON nested too deeply") from e
+        if data.count(b"[") + data.count(b"{") > MAX_EVENT_DEPTH:
+            for i, event in enumerate(batch.events):
+                if _too_deep(event, MAX_EVENT_DEPTH):
+                    raise BadRequest(f"events[{i}]: nested deeper than {MAX_EVENT_DEPTH} levels")
+            if batch.complete is not None and _too_deep(batch.complete, MAX_EVENT_DEPTH):
+                raise BadRequest(f"complete: nested deeper than {MAX_EVENT_DEPTH} levels")
+        items: list[tuple[str, Any]] = [("event", (ev, classify(ev).value)) for ev in batch.events]
+        items.extend(("usage", msgspec.to_builtins(u)) for u in batch.usage)
+        if batch.complete is not None:
+            items.append(("complete", batch.complete))
+        elif batch.error is not None:
+            items.append(("error", batch.error))
+        metadata = msgspec.to_builtins(batch.metadata) if batch.metadata is not None else None
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        return Ingest(batch.first_index, items, metadata or None, fut)
+
+    async def _await_ingest(self, msg: Msg, actor: StreamActor, cmd: Ingest) -> None:
+        job_id = actor.job_id
+        try:
+            try:
+                async with asyncio.timeout(self.request_deadline):
+                    result = await cmd.fut
+            except JobEnded:
+                next_index = self._watched.get(job_id, 0)
+                await self._answer_ended(
+                    msg, job_id, actor.rec.status, actor.aborted.is_set(), next_index
+                )
+                return
+            except GenjobsError as e:
+                await self._send_error(msg, e)
+                return
+            except TimeoutError:
+                log.warning(
+                    "ingest %s: batch not stored within %.1fs", job_id, self.request_deadline
+                )
+                await self._send_error(msg, Unavailable("timed out storing the batch"))
+                return
+            except asyncio.CancelledError:
+                await self._send_error(msg, Unavailable("shutting down"))
+                raise
+            except Exception:
+                log.exception("ingest %s: unexpected error", job_id)
+                await self._send_error(msg, Unavailable("internal error"))
+                return
+            next_index = int(result.get("nextIndex", 0))
+            if job_id in self._watched:
+                self._watched[job_id] = max(self._watched[job_id], next_index)
+            if result.get("ended"):
+                await self._answer_ended(
+                    msg, job_id, actor.rec.status, bool(result.get("aborted")), next_index
+                )
+                return
+            reply = IngestReply(
+                ok=bool(result.get("ok")),
+                next_index=next_index,
+                seq=result.get("seq"),
+                aborted=bool(result.get("aborted")),
+            )
+            await self._send(msg, encode(reply))
+        finally:
+            self._ingest_slots.release()
+
+    async def _answer_ended(
+        self, msg: Msg, job_id: str, status: JobStatus, aborted: bool, next_index: int
+    ) -> None:
+        """Aborted (or being aborted): ``{ok: false, aborted: true}``, the producer stops.
+        Completed or failed: ``conflict``, nothing more is accepted."""
+        if aborted or status is JobStatus.ABORTED:
+            reply = IngestReply(ok=False, next_index=next_index, aborted=True)
+            await self._send(msg, encode(reply))
+        else:
+            await self._send_error(msg, JobEnded(job_id, status.value))
+
+    # --- ended jobs -------------------------------------------------------------------------
+
+    def _watch(self, actor: StreamActor) -> None:
+        """Keep a tombstone when ``actor`` ends (chained onto its ``on_end`` callback)."""
+        job_id = actor.job_id
+        if job_id in self._watched:
+            return
+        self._watched[job_id] = 0
+        if actor.inbox.closed:  # already ended: on_end has run
+            self._remember(actor)
+            return
+        previous = actor.on_end
+
+        def ended(a: StreamActor) -> None:
+            if previous is not None:
+                previous(a)
+            self._remember(a)
+
+        actor.on_end = ended
+
+    def _remember(self, actor: StreamActor) -> None:
+        next_index = self._watched.pop(actor.job_id, 0)
+        now = time.monotonic()
+        self._ended[actor.job_id] = _Ended(
+            status=actor.rec.status,
+            aborted=actor.aborted.is_set() or actor.rec.status is JobStatus.ABORTED,
+            next_index=next_index,
+            expires=now + self.s.completed_ttl,
+        )
+        self._ended.move_to_end(actor.job_id)
+        while self._ended:
+            oldest = next(iter(self._ended.values()))
+            if len(self._ended) <= self._max_tombstones and oldest.expires > now:
+                break
+            self._ended.popitem(last=False)
+
+    def _tombstone(self, job_id: str) -> _Ended | None:
+        ended = self._ended.get(job_id)
+        if ended is not None and ended.expires <= time.monotonic():
+            del self._ended[job_id]
+            return None
+        return ended
+
+    # --- replies --------------------------------------------------------------------------
+
+    async def _send_error(self, msg: Msg, error: GenjobsError) -> None:
+        code = _code(error)
+        headers = {ERROR_HEADER: _header_text(error.message), ERROR_CODE_HEADER: str(code.status)}
+        await self._send(msg, error_body(code, error.message), headers=headers)
+
+    async def _send(self, msg: Msg, data: bytes, headers: dict[str, str] | None = None) -> None:
+        """Answer if the request has a reply subject; a failed answer is logged, not raised, so
+        one lost connection cannot fail the other requests' TaskGroup."""
+        if not msg.reply:
+            return
+        try:
+            await self.replica.nc.publish(msg.reply, data, headers=headers)
+        except NatsError as e:
+            log.warning("could not answer %s: %s", msg.subject, e)
+
+
+def _msg(req: Request) -> Msg:
+    """The request's message: nats.micro's ``Request`` hides the reply subject we must check."""
+    return req._msg
+
+
+def _code(error: GenjobsError) -> ErrorCode:
+    try:
+        return ErrorCode(error.code)
+    except ValueError:
+        return ErrorCode.UNAVAILABLE
