@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -215,7 +216,7 @@ class JobOps:
             if self.registry is not None and rec.owner == self.s.replica_id:
                 actor = self.registry.get(job_id)
                 if actor is not None:
-                    return await abort_local(actor, by)
+                    return await abort_local(actor, by, self.announce_abort)
             if self.liveness is None or self.liveness.is_alive(rec.owner):
                 result = await self._ask_owner_abort(rec, user_id, tenant_id)
                 if result is not None:
@@ -225,10 +226,18 @@ class JobOps:
                     await asyncio.sleep(min(0.5, self.s.lease_ttl / 4))
                     continue
             try:
-                return await self._takeover(rec, rev, abort_by=by)
+                result = await self._takeover(rec, rev, abort_by=by)
+                await self.announce_abort(job_id)
+                return result
             except (Conflict, OwnershipLost):
                 continue  # someone else moved first; look again
         raise Conflict(f"job {job_id}: abort raced with other writers; try again", job_id=job_id)
+
+    async def announce_abort(self, job_id: str) -> None:
+        """Tell subscribers of the abort subject (remote producers) that the job was aborted."""
+        await self.store.nc.publish(
+            self.s.abort_subject(job_id), _enc.encode({"notice": "aborted", "jobId": job_id})
+        )
 
     async def _ask_owner_abort(
         self, rec: JobRecord, user_id: str, tenant_id: str | None
@@ -357,7 +366,9 @@ class JobOps:
                 return agg
 
 
-async def abort_local(actor: Any, by: str) -> dict[str, Any]:
+async def abort_local(
+    actor: Any, by: str, notify: Callable[[str], Awaitable[None]] | None = None
+) -> dict[str, Any]:
     """Abort a job whose actor runs here: signal the producer now, then let the actor finish."""
     from actors.stream_actor import Finish
 
@@ -367,4 +378,9 @@ async def abort_local(actor: Any, by: str) -> dict[str, Any]:
         actor.request(Finish("abort", fut, by=by))
     except GenjobsError:
         return already_claimed_result(actor.rec)
-    return await fut
+    result: dict[str, Any] = await fut
+    if notify is not None and result.get("success"):
+        # Remote producers may watch the abort subject; an abort handled right here by the
+        # owner would otherwise never appear there. Replicas ignore these notices.
+        await notify(actor.job_id)
+    return result

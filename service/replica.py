@@ -352,6 +352,8 @@ class Replica:
             body = msgspec.json.decode(msg.data) if msg.data else {}
             if not isinstance(body, dict):
                 raise BadRequest("abort body must be a JSON object")
+            if "notice" in body:
+                return  # an owner's announcement for remote producers, not a request
             user_id = body.get("userId")
             if user_id is None:
                 raise BadRequest("userId is required")

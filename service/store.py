@@ -235,14 +235,18 @@ class Store:
             config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
         )
         try:
-            # A push consumer may have delivered some already: total = delivered + pending.
+            # A push consumer may have delivered some already: anything at all = delivered +
+            # pending. Then read until the server says nothing is pending; a key rewritten
+            # mid-scan arrives again as its new message, so it is not missed.
             info = await sub.consumer_info()
             delivered = info.delivered.consumer_seq if info.delivered else 0
-            remaining = (info.num_pending or 0) + (delivered or 0)
-            while remaining > 0:
+            if (info.num_pending or 0) + (delivered or 0) == 0:
+                return []
+            while True:
                 msg = await sub.next_msg(timeout=self.s.request_timeout)
                 out[msg.subject] = (msg.subject, dict(msg.headers or {}), msg.data)
-                remaining = min(remaining - 1, msg.metadata.num_pending)
+                if msg.metadata.num_pending == 0:
+                    break
         finally:
             await sub.unsubscribe()
         return list(out.values())

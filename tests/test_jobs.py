@@ -13,8 +13,8 @@ from schemas.errors import Conflict, Forbidden, InvalidId
 from service import simulate as sim
 from service.config import Settings
 from service.producer import EmitResult
-from service.replica import Replica
 from service.reader import LiveHub, read_all
+from service.replica import Replica
 
 from .helpers import aggregate, decode, running_replica, wait_for
 
@@ -425,3 +425,17 @@ async def test_inbox_is_bounded_and_applies_backpressure(settings: Settings) -> 
             peak = max(peak, len(actor.inbox))
         await job.complete()
     assert peak <= 8 + 2  # events never exceed the bound (control messages aside)
+
+
+async def test_an_abort_handled_by_the_owner_is_announced_on_the_abort_subject(
+    nc: NATS, settings: Settings
+) -> None:
+    async with running_replica(settings) as r:
+        job = await r.create_job("user1", job_id="watched")
+        watcher = await nc.subscribe(settings.abort_subject("watched"))
+        await nc.flush()
+        await r.ops.abort("watched", "user1")  # handled locally by the owner
+        msg = await watcher.next_msg(timeout=5)
+        assert decode(msg.data) == {"notice": "aborted", "jobId": "watched"}
+        await watcher.unsubscribe()
+        assert job.ended
