@@ -26,7 +26,7 @@ from service.replica import Replica
 
 from .common import (
     bench_settings,
-    bounded_gather,
+    bounded_map,
     drop_prefix,
     encode,
     opening_events,
@@ -39,8 +39,8 @@ USER = "bench-user"
 
 async def _block(owner: Replica, other: Replica, p: dict[str, Any], block: int) -> dict[str, Any]:
     s = owner.s
-    handles: list[JobHandle] = await bounded_gather(
-        [lambda i=i: owner.create_job(USER, job_id=f"b{block}job{i}") for i in range(p["jobs"])]
+    handles: list[JobHandle] = await bounded_map(
+        lambda i: owner.create_job(USER, job_id=f"b{block}job{i}"), range(p["jobs"])
     )
     signalled: dict[str, int] = {}
     started = asyncio.Semaphore(0)

@@ -29,6 +29,7 @@ from service.simulate import created_event, run_step, text_delta
 from .infra import cpu_seconds, rss_bytes
 
 T = TypeVar("T")
+A = TypeVar("A")
 STEP = "step_text"
 encode = msgspec.json.Encoder().encode
 
@@ -115,19 +116,19 @@ def blocks(values: list[float], n: int = 3) -> list[list[float]]:
     return [values[i : i + size] for i in range(0, len(values), size)][:n]
 
 
-async def bounded_gather(
-    factories: Iterable[Callable[[], Awaitable[T]]], limit: int = 64
+async def bounded_map(
+    fn: Callable[[A], Awaitable[T]], items: Iterable[A], limit: int = 64
 ) -> list[T]:
-    """Run coroutines with at most ``limit`` in flight (creating 10,000 jobs at once would
-    mostly measure the server's request queue)."""
+    """``fn`` over ``items`` with at most ``limit`` in flight (creating 10,000 jobs at once
+    would mostly measure the server's request queue)."""
     sem = asyncio.Semaphore(limit)
 
-    async def one(f: Callable[[], Awaitable[T]]) -> T:
+    async def one(item: A) -> T:
         async with sem:
-            return await f()
+            return await fn(item)
 
     async with asyncio.TaskGroup() as tg:
-        tasks = [tg.create_task(one(f)) for f in factories]
+        tasks = [tg.create_task(one(item)) for item in items]
     return [t.result() for t in tasks]
 
 

@@ -25,7 +25,7 @@ from service.replica import Replica
 from .common import (
     CpuMeter,
     Latency,
-    bounded_gather,
+    bounded_map,
     opening_events,
     percentile,
     sleep_until,
@@ -42,7 +42,7 @@ def _settings(cfg: dict[str, Any]) -> Settings:
 async def run_readers(cfg: dict[str, Any]) -> dict[str, Any]:
     p = cfg["params"]
     s = _settings(cfg)
-    nc = await nats.connect(s.nats_url, name="bench-delivery-readers")
+    nc = await nats.connect(cfg["nats_url"], name="bench-delivery-readers")
     try:
         await provision(nc.jetstream(timeout=s.request_timeout), s)
         hub = LiveHub(nc, s)
@@ -94,8 +94,8 @@ async def run_producer(cfg: dict[str, Any]) -> dict[str, Any]:
     replica = Replica(s)
     await replica.start()
     try:
-        handles = await bounded_gather(
-            [lambda i=i: replica.create_job(USER, job_id=f"job{i}") for i in range(p["jobs"])]
+        handles = await bounded_map(
+            lambda i: replica.create_job(USER, job_id=f"job{i}"), range(p["jobs"])
         )
         for h in handles:
             for ev in opening_events(h.job_id):

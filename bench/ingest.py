@@ -34,7 +34,7 @@ from .common import (
     CpuMeter,
     Latency,
     bench_settings,
-    bounded_gather,
+    bounded_map,
     drop_prefix,
     encode,
     opening_events,
@@ -100,11 +100,8 @@ async def run_genjobs(cfg: dict[str, Any]) -> dict[str, Any]:
     await replica.start()
     try:
         hub = LiveHub(replica.nc, s)
-        handles = await bounded_gather(
-            [
-                lambda i=i: replica.create_job("bench-user", job_id=f"job{i}")
-                for i in range(p["jobs"])
-            ]
+        handles = await bounded_map(
+            lambda i: replica.create_job("bench-user", job_id=f"job{i}"), range(p["jobs"])
         )
         lat = Latency()
         joined = asyncio.Semaphore(0)
@@ -156,7 +153,7 @@ async def run_genjobs(cfg: dict[str, Any]) -> dict[str, Any]:
 async def run_nats(cfg: dict[str, Any]) -> dict[str, Any]:
     p = cfg["params"]
     s = bench_settings(cfg["nats_url"], "raw")
-    nc = await nats.connect(s.nats_url, name="bench-raw")
+    nc = await nats.connect(cfg["nats_url"], name="bench-raw")
     try:
         js = nc.jetstream(timeout=s.request_timeout)
         await provision(js, s)
@@ -234,7 +231,7 @@ async def run_redis(cfg: dict[str, Any]) -> dict[str, Any]:
             async with asyncio.timeout(60):
                 await lat.wait_for(tokens)
             listener.cancel()
-        await pubsub.aclose()
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
         return _result(tokens, seconds, lat, usage, {"messages": tokens})
     finally:
         await client.aclose()

@@ -30,7 +30,7 @@ from service.replica import Replica
 from .common import (
     CpuMeter,
     bench_settings,
-    bounded_gather,
+    bounded_map,
     drop_prefix,
     encode,
     opening_events,
@@ -50,19 +50,14 @@ async def run_jobs(cfg: dict[str, Any]) -> dict[str, Any]:
     replica = Replica(s)
     await replica.start()
     try:
-        await bounded_gather(
-            [lambda i=i: replica.create_job(USER, job_id=f"warm{i}") for i in range(p["warmup"])]
-        )
+        await bounded_map(lambda i: replica.create_job(USER, job_id=f"warm{i}"), range(p["warmup"]))
         before = settled_rss()
         rss = [before]
         made = 0
         t0 = time.perf_counter()
         for size in _batches(p["jobs"]):
-            await bounded_gather(
-                [
-                    lambda i=i: replica.create_job(USER, job_id=f"job{i}")
-                    for i in range(made, made + size)
-                ]
+            await bounded_map(
+                lambda i: replica.create_job(USER, job_id=f"job{i}"), range(made, made + size)
             )
             made += size
             rss.append(settled_rss())
@@ -87,7 +82,7 @@ async def run_jobs(cfg: dict[str, Any]) -> dict[str, Any]:
 async def run_readers_idle(cfg: dict[str, Any]) -> dict[str, Any]:
     p = cfg["params"]
     s = bench_settings(cfg["nats_url"], "rdr")
-    nc = await nats.connect(s.nats_url, name="bench-readers")
+    nc = await nats.connect(cfg["nats_url"], name="bench-readers")
     try:
         js = nc.jetstream(timeout=s.request_timeout)
         await provision(js, s)

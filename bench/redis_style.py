@@ -51,7 +51,7 @@ class RedisStyleStore:
 
     async def resume_state(self, job_id: str) -> dict[str, Any]:
         """LibreChat's way to resume: read every chunk, aggregate content and run steps."""
-        entries = await self.r.xrange(chunks_key(job_id), "-", "+")
+        entries: Any = await self.r.xrange(chunks_key(job_id), "-", "+")
         agg = ContentAggregator()
         for _id, fields in entries:
             ev = _decode(fields[b"event"])

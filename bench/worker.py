@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,9 @@ TASKS: dict[str, str] = {
 }
 
 
-def _task(name: str) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
+def _task(name: str) -> Callable[[dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]]:
     module, func = TASKS[name].split(":")
-    fn: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] = getattr(
+    fn: Callable[[dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]] = getattr(
         importlib.import_module(module), func
     )
     return fn
@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     cfg = json.loads(Path(cfg_path).read_text())
     try:
-        result = uvloop.run(_task(name)(cfg))
+        result: dict[str, Any] = uvloop.run(_task(name)(cfg))
     except Exception as e:
         traceback.print_exc()
         Path(out_path).write_text(json.dumps({"error": f"{type(e).__name__}: {e}"}))
