@@ -1,0 +1,571 @@
+"""``genjobs``: the command line (console script ``genjobs``, also ``python -m service.cli``).
+
+Every command is a thin shell over the library: ``serve`` runs a :class:`~service.replica.Replica`
+with its :class:`~service.api.ServiceApi`; the client commands send one request to the
+``<prefix>.api.<name>`` endpoints, exactly as any other NATS client would, so what they print is
+what a program in another language gets. Configuration comes from ``GENJOBS_*`` variables
+(:meth:`Settings.from_env`) with flags on top.
+
+Exit codes mean the same thing for every command (see ``EXIT_CODES``): scripts and process
+supervisors can tell "you typed it wrong" from "NATS is not there" from "the server answered no".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from .config import Settings
+
+log = logging.getLogger("genjobs.cli")
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+"""The service answered with an error (the body is on stderr), or the demo found a problem."""
+EXIT_USAGE: Final = 2
+EXIT_NO_NATS: Final = 3
+EXIT_PROVISION: Final = 4
+
+EXIT_CODES: Final = """exit codes:
+  0  success
+  1  the service answered with an error (its JSON body is printed on stderr)
+  2  usage error or bad configuration (a flag, an id, a GENJOBS_* variable)
+  3  cannot reach or start NATS, or no genjobs replica answers
+  4  the stream or a bucket exists with other settings (provisioning mismatch)"""
+
+DEFAULT_CLIENT_URL: Final = "nats://127.0.0.1:4222"
+READY_MARK: Final = "genjobs: ready"
+"""Printed once by ``serve`` when it takes work; scripts and tests wait for this line."""
+
+T = TypeVar("T")
+_enc = msgspec.json.Encoder()
+
+
+class CliError(Exception):
+    """Ends the command with ``code``; the message is printed on stderr as is."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --- argument parsing ------------------------------------------------------------------------
+
+
+def _connection_flags(p: argparse.ArgumentParser, default: Any) -> None:
+    g = p.add_argument_group("connection")
+    g.add_argument(
+        "--nats-url",
+        metavar="URL",
+        default=default,
+        help="NATS server(s), comma separated; credentials go in the URL "
+        "(nats://reader:pw@host:4222). Default: $GENJOBS_NATS_URL",
+    )
+    g.add_argument(
+        "--prefix",
+        metavar="P",
+        default=default,
+        help="subject prefix (default: $GENJOBS_PREFIX or genjobs)",
+    )
+
+
+def _common() -> argparse.ArgumentParser:
+    """Connection flags, accepted after the command too (``genjobs status --nats-url ...``).
+
+    ``SUPPRESS`` keeps a value given before the command when it is not repeated after it.
+    """
+    p = argparse.ArgumentParser(add_help=False)
+    _connection_flags(p, argparse.SUPPRESS)
+    return p
+
+
+def _job_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("--user", required=True, metavar="U", help="the job's userId")
+    p.add_argument("--tenant", metavar="T", help="the job's tenantId, if it has one")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="genjobs",
+        description="Resumable LLM generation jobs on NATS JetStream.",
+        epilog=EXIT_CODES + "\n\nRun `genjobs COMMAND --help` for a command's options.",
+        formatter_class=fmt,
+    )
+    _connection_flags(parser, None)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "serve",
+        parents=[common],
+        formatter_class=fmt,
+        help="run a replica (starts its own nats-server unless a NATS URL is given)",
+        description="Run one genjobs replica: the actor system, the `genjobs` micro service "
+        "(<prefix>.api.*) and the remote-ingest subjects (<prefix>.ingest.*). Without "
+        "--nats-url / GENJOBS_NATS_URL it starts an embedded nats-server with nats.conf. "
+        "SIGTERM or SIGINT stops it gracefully: running jobs get their terminal event, "
+        "publish acks are flushed, the connection is drained, exit 0.",
+        epilog=EXIT_CODES,
+    )
+    p.add_argument(
+        "--data-dir",
+        default=".genjobs-data",
+        type=Path,
+        help="JetStream store of the embedded nats-server (default: %(default)s)",
+    )
+    p.add_argument(
+        "--port", type=int, default=4222, help="port of the embedded nats-server (default: 4222)"
+    )
+    p.add_argument(
+        "--connect-wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to keep trying to reach an external NATS at start (default: 10)",
+    )
+    _log_level(p)
+    _uvloop(p)
+
+    p = sub.add_parser(
+        "demo",
+        formatter_class=fmt,
+        help="a self-contained tour: two replicas, a producer, a reader that drops off, an abort",
+        description="Start a throw-away nats-server and two replicas in this process, stream a "
+        "simulated LLM generation on replica A, read it with a reader that drops off mid-way "
+        "and resumes by seq, abort a second job from replica B, and check that nothing was "
+        "lost or duplicated. Exit 0 when every check passes, 1 otherwise.",
+        epilog=EXIT_CODES,
+    )
+    p.add_argument(
+        "--tokens", type=int, default=135, help="text tokens of the generation (default: 135)"
+    )
+    p.add_argument(
+        "--token-delay",
+        type=float,
+        default=0.01,
+        metavar="SECONDS",
+        help="pause between tokens, like a model streaming (default: 0.01)",
+    )
+    _uvloop(p)
+
+    p = sub.add_parser(
+        "aggregate",
+        add_help=False,
+        help="rebuild a recorded event stream's content offline (see `genjobs aggregate -h`)",
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser(
+        "tail",
+        parents=[common],
+        formatter_class=fmt,
+        help="follow a job's events live (resumes by seq after a disconnect)",
+        description="Print a job's events as they are stored: text deltas inline, one compact "
+        "line for any other event. Ends after the terminal event (final or error). After a "
+        "disconnect it resumes after the last seq it printed, so nothing is shown twice.",
+        epilog=EXIT_CODES,
+    )
+    _job_args(p)
+    p.add_argument(
+        "--after", type=int, default=0, metavar="SEQ", help="start after this stream seq"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="one JSON line per event: {seq, index, kind, event}"
+    )
+    _uvloop(p)
+
+    for name, what in (
+        ("status", "a job's status and content so far"),
+        ("resume", "a job's resume snapshot (continue reading at seq + 1)"),
+        ("abort", "abort a job from anywhere; prints the AbortResult"),
+    ):
+        p = sub.add_parser(
+            name,
+            parents=[common],
+            formatter_class=fmt,
+            help=what,
+            description=f"Request <prefix>.api.{name} and print the JSON reply: {what}.",
+            epilog=EXIT_CODES,
+        )
+        _job_args(p)
+    p = sub.add_parser(
+        "active",
+        parents=[common],
+        formatter_class=fmt,
+        help="a user's running jobs",
+        description="Request <prefix>.api.active and print {activeJobIds}.",
+        epilog=EXIT_CODES,
+    )
+    p.add_argument("--user", required=True, metavar="U")
+    p.add_argument("--tenant", metavar="T")
+    sub.add_parser(
+        "counts",
+        parents=[common],
+        formatter_class=fmt,
+        help="how many jobs are running, complete, error, aborted",
+        description="Request <prefix>.api.counts and print {running, complete, error, aborted}.",
+        epilog=EXIT_CODES,
+    )
+    return parser
+
+
+def _log_level(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("GENJOBS_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="log to stdout from this level (default: $GENJOBS_LOG_LEVEL or info)",
+    )
+
+
+def _uvloop(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-uvloop", action="store_true", help="run on the standard asyncio event loop"
+    )
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+def run_async(coro_fn: Callable[[], Coroutine[Any, Any, T]], use_uvloop: bool = True) -> T:
+    """Run on uvloop when available (about twice the publish rate), else on plain asyncio."""
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if use_uvloop:
+        try:
+            import uvloop
+
+            loop_factory = uvloop.new_event_loop
+        except ImportError:
+            loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(coro_fn())
+
+
+def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
+    """Raises: CliError (exit 2) when a GENJOBS_* variable does not parse."""
+    try:
+        return Settings.from_env(
+            nats_url=getattr(args, "nats_url", None), prefix=getattr(args, "prefix", None), **extra
+        )
+    except (TypeError, ValueError) as e:
+        raise CliError(f"bad configuration: {e}", EXIT_USAGE) from e
+
+
+async def connect(
+    url: str, *, name: str, wait: float = 2.0, forever: bool = False, **callbacks: Any
+) -> NATS:
+    """Connect, trying for at most ``wait`` seconds; with ``forever`` it reconnects for ever later.
+
+    Raises:
+        CliError (exit 3): nothing answered at ``url`` in time, or the server refused us.
+    """
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    last_error: list[Exception] = []
+    user_error_cb = callbacks.pop("error_cb", None)
+
+    async def on_error(e: Exception) -> None:
+        last_error[:] = [e]
+        if user_error_cb is not None and nc.is_connected:
+            await user_error_cb(e)
+        else:
+            log.debug("nats: %s", e)
+
+    nc = NATS()
+    options: dict[str, Any] = {
+        "servers": servers,
+        "name": name,
+        "connect_timeout": min(2.0, wait),
+        "reconnect_time_wait": 0.5,
+        "max_reconnect_attempts": -1 if forever else 0,
+        "error_cb": on_error,
+    }
+    options.update(callbacks)
+    try:
+        async with asyncio.timeout(wait):
+            await nc.connect(**options)
+    except (TimeoutError, OSError, nats.errors.Error) as e:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        cause = last_error[0] if last_error else e
+        reason = str(cause) or type(cause).__name__
+        if isinstance(cause, TimeoutError):
+            reason = f"no answer within {wait:g}s"
+        raise CliError(f"cannot reach NATS at {_safe(url)}: {reason}", EXIT_NO_NATS) from e
+    return nc
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    out = []
+    for u in url.split(","):
+        scheme, sep, rest = u.partition("://")
+        if sep and "@" in rest:
+            cred, _, host = rest.rpartition("@")
+            user = cred.split(":", 1)[0]
+            u = f"{scheme}://{user}:***@{host}"
+        out.append(u)
+    return ",".join(out)
+
+
+# --- client commands --------------------------------------------------------------------------
+
+
+def _job_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"jobId": args.job_id, "userId": args.user}
+    if args.tenant:
+        body["tenantId"] = args.tenant
+    return body
+
+
+async def api_request(
+    nc: NATS, settings: Settings, name: str, body: dict[str, Any], timeout: float | None = None
+) -> tuple[bool, Any]:
+    """One request to ``<prefix>.api.<name>``; returns (ok, decoded JSON body).
+
+    Raises:
+        CliError (exit 3): no replica answers, or none answered in time.
+    """
+    subject = f"{settings.prefix}.api.{name}"
+    try:
+        msg = await nc.request(
+            subject, _enc.encode(body), timeout=timeout or max(settings.request_timeout, 10.0)
+        )
+    except NoRespondersError as e:
+        raise CliError(
+            f"no genjobs replica serves {subject} (is `genjobs serve` running with prefix "
+            f"{settings.prefix!r}?)",
+            EXIT_NO_NATS,
+        ) from e
+    except (NatsTimeout, TimeoutError) as e:
+        raise CliError(f"no answer on {subject} in time", EXIT_NO_NATS) from e
+    try:
+        reply = msgspec.json.decode(msg.data) if msg.data else None
+    except msgspec.DecodeError:
+        reply = msg.data.decode(errors="replace")
+    headers = msg.headers or {}
+    failed = "Nats-Service-Error-Code" in headers or (
+        isinstance(reply, dict) and set(reply) == {"error"}
+    )
+    return not failed, reply
+
+
+def _print_json(obj: Any, stream: Any = None) -> None:
+    out = stream or sys.stdout
+    out.write(msgspec.json.format(_enc.encode(obj), indent=2).decode() + "\n")
+    out.flush()
+
+
+async def _client_command(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    url = settings.nats_url or DEFAULT_CLIENT_URL
+    name = args.command
+    body: dict[str, Any]
+    if name in ("status", "resume", "abort"):
+        body = _job_body(args)
+    elif name == "active":
+        body = {"userId": args.user}
+        if args.tenant:
+            body["tenantId"] = args.tenant
+    else:
+        body = {}
+    nc = await connect(url, name=f"genjobs-cli-{name}")
+    try:
+        ok, reply = await api_request(nc, settings, name, body)
+    finally:
+        await nc.close()
+    if not ok:
+        _print_json(reply, sys.stderr)
+        return EXIT_FAILED
+    _print_json(reply)
+    return EXIT_OK
+
+
+# --- serve -------------------------------------------------------------------------------------
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stdout,
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+def load_service_api() -> Any:
+    """The micro service class, imported late so the other commands start fast.
+
+    Raises:
+        CliError (exit 1): this checkout has no ``service/api.py``.
+    """
+    try:
+        from .api import ServiceApi
+    except ImportError as e:
+        raise CliError(
+            f"the service API (service/api.py) cannot be imported: {e}", EXIT_FAILED
+        ) from e
+    return ServiceApi
+
+
+async def _serve(settings: Settings, connect_wait: float) -> int:
+    from .provision import ProvisionMismatch
+    from .replica import Replica
+
+    ServiceApi = load_service_api()
+    assert settings.nats_url is not None
+    stop = asyncio.Event()
+    lost = False
+
+    async def on_error(e: Exception) -> None:
+        log.warning("nats: %s", e)
+
+    async def on_disconnect() -> None:
+        if not stop.is_set():
+            log.warning("disconnected from NATS; reconnecting")
+
+    async def on_reconnect() -> None:
+        log.info("reconnected to NATS")
+
+    async def on_closed() -> None:
+        nonlocal lost
+        if not stop.is_set():
+            lost = True
+            log.error("the NATS connection was closed; stopping")
+            stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on_signal, stop, sig)
+    nc = await connect(
+        settings.nats_url,
+        name=f"genjobs-{settings.replica_id}",
+        wait=connect_wait,
+        forever=True,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        closed_cb=on_closed,
+    )
+    replica = Replica(settings, nc=nc)
+    api = None
+    started = False
+    try:
+        try:
+            await replica.start()
+            started = True
+        except ProvisionMismatch as e:
+            raise CliError(
+                f"{e}\nfix it with `nats stream edit`, or remove the old stream/bucket",
+                EXIT_PROVISION,
+            ) from e
+        except (TimeoutError, nats.errors.Error) as e:
+            raise CliError(f"NATS did not answer while provisioning: {e}", EXIT_NO_NATS) from e
+        api = ServiceApi(replica)
+        await api.start()
+        if not stop.is_set():
+            print(
+                f"{READY_MARK} replica {settings.replica_id} on {_safe(settings.nats_url)} "
+                f"(prefix {settings.prefix}; stop with Ctrl-C or SIGTERM)",
+                flush=True,
+            )
+            await stop.wait()
+        log.info("stopping: no new work; running jobs get their terminal event")
+    finally:
+        # The shutdown sequence: stop taking requests, end the jobs, flush, drain.
+        stop.set()
+        if api is not None:
+            await api.stop()
+        if started:
+            await replica.stop()
+        if not nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.drain(), timeout=settings.shutdown_grace)
+    log.info("stopped")
+    return EXIT_NO_NATS if lost else EXIT_OK
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    if stop.is_set():
+        log.warning("%s again: already stopping (the grace period bounds it)", sig.name)
+        return
+    log.info("%s received", sig.name)
+    stop.set()
+
+
+def serve(args: argparse.Namespace) -> int:
+    from .embedded import EmbeddedServer, EmbeddedServerError
+
+    _setup_logging(args.log_level)
+    settings = settings_from(args)
+    embedded: EmbeddedServer | None = None
+    # Until the event loop takes the signals over, SIGTERM unwinds like Ctrl-C, so the embedded
+    # nats-server is never left behind.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        if not settings.nats_url:
+            embedded = EmbeddedServer(args.data_dir, port=args.port)
+            try:
+                url = embedded.start()
+            except EmbeddedServerError as e:
+                raise CliError(f"cannot start nats-server: {e}", EXIT_NO_NATS) from e
+            log.info("embedded nats-server on %s (data in %s)", url, args.data_dir)
+            settings = settings.with_(nats_url=url)
+        return run_async(lambda: _serve(settings, args.connect_wait), not args.no_uvloop)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse and run one command; returns the exit status (argparse exits 2 on bad usage)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "aggregate":
+        from .aggregate_cmd import main as aggregate_main
+
+        return aggregate_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args)
+        if args.command == "demo":
+            from .demo import main as demo_main
+
+            return demo_main(args)
+        if args.command == "tail":
+            from .tail import tail
+
+            return run_async(lambda: tail(args), not args.no_uvloop)
+        return run_async(lambda: _client_command(args))
+    except CliError as e:
+        print(f"genjobs {args.command}: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
