@@ -22,6 +22,7 @@ from nats.aio.client import Client as NATS
 from .cli import EXIT_FAILED, EXIT_NO_NATS, EXIT_OK, CliError, api_request, connect, settings_from
 from .config import Settings
 from .directget import ReplayTimeout
+from .presence import presence_hub
 from .reader import LiveHub, ReaderError, ReadEvent
 
 _enc = msgspec.json.Encoder()
@@ -118,11 +119,14 @@ async def tail(args: argparse.Namespace) -> int:
         if not ok:
             sys.stderr.write(_enc.encode(reply).decode() + "\n")
             return EXIT_FAILED
-        hub = LiveHub(nc, settings)
+        # Announced like any reader, so the owner counts this one in the job's presence.
+        hub, announcer = presence_hub(nc, settings)
+        await announcer.start()
         try:
             return await _follow(nc, hub, settings, args)
         finally:
             await hub.close()
+            await announcer.stop()
     finally:
         await nc.close()
 

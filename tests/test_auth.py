@@ -25,10 +25,10 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from service import simulate as sim
 from service.api import ServiceApi
 from service.config import Settings
-from service.reader import LiveHub, read_all
+from service.presence import presence_hub
 from service.sessions import SessionStore
 
-from .helpers import running_replica
+from .helpers import running_replica, wait_for
 
 READER = ("reader", "reader-local-only")
 PRODUCER = ("producer", "producer-local-only")
@@ -95,6 +95,13 @@ async def as_user(url: str, who: tuple[str, str]) -> AsyncIterator[Client]:
         yield client
     finally:
         await client.nc.close()
+
+
+def _is(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return predicate()
+
+    return check
 
 
 async def request(nc: NATS, subject: str, body: Any) -> Any:
@@ -192,14 +199,18 @@ async def test_reader_reads_live_and_by_direct_get_and_calls_the_api(
         assert json.loads(first.data)["created"] is True
         assert first.headers is not None
         assert first.headers["Genjobs-Kind"] == "created"
-        for ev in sim.generation(job_id, tokens=4, reasoning=0, with_tool=False):
-            if "created" not in ev:
-                await job.emit(ev)
-        await job.complete(sim.final_event(job_id))
         await live.unsubscribe()
 
-        async with LiveHub(nc, gsettings) as hub:  # replay = Direct Get, as the reader user
-            events = await read_all(hub, job_id, 0, timeout=T)
+        # A reader hub that announces presence: the owner counts it, then reads it all.
+        hub, announcer = presence_hub(nc, gsettings, interval=0.5)
+        async with hub, hub.subscribe(job_id) as stream:
+            await wait_for(_is(lambda: replica.watchers(job_id) == 1))
+            for ev in sim.generation(job_id, tokens=4, reasoning=0, with_tool=False):
+                if "created" not in ev:
+                    await job.emit(ev)
+            await job.complete(sim.final_event(job_id))
+            events = [ev async for ev in stream]  # live, then replay by Direct Get if needed
+        await announcer.stop()
         assert events[0].kind == "created"
         assert events[-1].kind == "final"
 
