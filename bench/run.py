@@ -226,7 +226,12 @@ class Bench:
         if "memory" in sec or "readers" in sec:
             jobs = sec.get("memory", {}).get("jobs", {"error": "not run"})
             readers = sec.get("readers", {}).get("readers", {"error": "not run"})
-            figs.update(collect.memory(jobs, readers))
+            mem = collect.memory(jobs, readers)
+            if "memory" not in sec:
+                del mem["memory.job_kb"]
+            if "readers" not in sec:
+                del mem["memory.reader_kb"], mem["readers.idle_cpu_pct"]
+            figs.update(mem)
         if "delivery" in sec:
             figs.update(collect.delivery(sec["delivery"]))
         if "aggregator" in sec:
