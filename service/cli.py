@@ -423,20 +423,64 @@ def load_service_api() -> Any:
     return ServiceApi
 
 
-async def _serve(settings: Settings, connect_wait: float) -> int:
+async def _start_replica(
+    settings: Settings, connect_wait: float, stop: asyncio.Event, **callbacks: Any
+) -> tuple[NATS, Any]:
+    """Connect and start a replica, retrying until ``connect_wait`` while JetStream is not ready.
+
+    A cluster that has just formed (or a stream that has just been created with 3 replicas) may
+    answer "no responders" until its leaders are elected; a supervisor would restart us anyway,
+    so retrying here only makes the log quieter and the start faster. Each attempt uses a fresh
+    connection, so nothing a failed attempt subscribed to survives it.
+
+    Raises:
+        CliError: exit 3 when NATS or JetStream is not usable in time, 4 on a provisioning mismatch.
+    """
     from .provision import ProvisionMismatch
     from .replica import Replica
 
+    assert settings.nats_url is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + connect_wait
+    while True:
+        nc = await connect(
+            settings.nats_url,
+            name=f"genjobs-{settings.replica_id}",
+            wait=max(1.0, deadline - loop.time()),
+            forever=True,
+            **callbacks,
+        )
+        replica = Replica(settings, nc=nc)
+        try:
+            await replica.start()
+            return nc, replica
+        except ProvisionMismatch as e:
+            await nc.close()
+            raise CliError(
+                f"{e}\nfix it with `nats stream edit`, or remove the old stream/bucket",
+                EXIT_PROVISION,
+            ) from e
+        except (TimeoutError, nats.errors.Error) as e:
+            await nc.close()
+            reason = str(e) or type(e).__name__
+            if stop.is_set() or loop.time() + 1.0 >= deadline:
+                raise CliError(f"JetStream is not usable: {reason}", EXIT_NO_NATS) from e
+            log.warning("JetStream is not ready yet (%s); retrying", reason)
+            await asyncio.sleep(1.0)
+
+
+async def _serve(settings: Settings, connect_wait: float) -> int:
     ServiceApi = load_service_api()
     assert settings.nats_url is not None
     stop = asyncio.Event()
+    starting = True
     lost = False
 
     async def on_error(e: Exception) -> None:
         log.warning("nats: %s", e)
 
     async def on_disconnect() -> None:
-        if not stop.is_set():
+        if not stop.is_set() and not starting:
             log.warning("disconnected from NATS; reconnecting")
 
     async def on_reconnect() -> None:
@@ -444,7 +488,7 @@ async def _serve(settings: Settings, connect_wait: float) -> int:
 
     async def on_closed() -> None:
         nonlocal lost
-        if not stop.is_set():
+        if not stop.is_set() and not starting:
             lost = True
             log.error("the NATS connection was closed; stopping")
             stop.set()
@@ -452,30 +496,18 @@ async def _serve(settings: Settings, connect_wait: float) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, stop, sig)
-    nc = await connect(
-        settings.nats_url,
-        name=f"genjobs-{settings.replica_id}",
-        wait=connect_wait,
-        forever=True,
+    nc, replica = await _start_replica(
+        settings,
+        connect_wait,
+        stop,
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         closed_cb=on_closed,
     )
-    replica = Replica(settings, nc=nc)
+    starting = False
     api = None
-    started = False
     try:
-        try:
-            await replica.start()
-            started = True
-        except ProvisionMismatch as e:
-            raise CliError(
-                f"{e}\nfix it with `nats stream edit`, or remove the old stream/bucket",
-                EXIT_PROVISION,
-            ) from e
-        except (TimeoutError, nats.errors.Error) as e:
-            raise CliError(f"NATS did not answer while provisioning: {e}", EXIT_NO_NATS) from e
         api = ServiceApi(replica)
         await api.start()
         if not stop.is_set():
@@ -491,11 +523,12 @@ async def _serve(settings: Settings, connect_wait: float) -> int:
         stop.set()
         if api is not None:
             await api.stop()
-        if started:
-            await replica.stop()
+        await replica.stop()
         if not nc.is_closed:
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(nc.drain(), timeout=settings.shutdown_grace)
+            except (TimeoutError, nats.errors.Error) as e:
+                log.warning("draining the NATS connection failed: %s", e)
     log.info("stopped")
     return EXIT_NO_NATS if lost else EXIT_OK
 
