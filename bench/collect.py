@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .figures import SIZES, SPECS, error, figure, skipped
+from .figures import DELIVERY_RATES, SIZES, SPECS, error, figure, skipped
 
 
 def _runs_ok(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
@@ -114,23 +114,24 @@ def memory(jobs: dict[str, Any], readers: dict[str, Any]) -> dict[str, Any]:
 
 
 def delivery(raw: dict[str, Any]) -> dict[str, Any]:
-    keys = ("readers.delivery.p50_ms", "readers.delivery.p99_ms")
-    if "error" in raw:
-        return {k: error(raw["error"]) for k in keys}
-    r = raw["readers"]
-    p = {
-        "readers": r["readers"],
-        "jobs": r["jobs"],
-        "deliveries": r["deliveries"],
-        "producer_rate": raw["producer"]["rate"],
-        "spread": "the run cut in three by emit time",
-    }
-    return {
-        "readers.delivery.p50_ms": figure(r["p50_ms"], params=p),
-        "readers.delivery.p99_ms": figure(
-            r["p99_ms"], params={**p, "p99_pooled_ms": r["p99_ms_all"]}
-        ),
-    }
+    out: dict[str, Any] = {}
+    for rate in DELIVERY_RATES:
+        run = raw.get("runs", {}).get(str(rate), {"error": raw.get("error", "not run")})
+        keys = (f"readers.delivery.{rate}.p50_ms", f"readers.delivery.{rate}.p99_ms")
+        if "error" in run:
+            out.update({k: error(run["error"]) for k in keys})
+            continue
+        r = run["readers"]
+        p = {
+            "readers": r["readers"],
+            "jobs": r["jobs"],
+            "deliveries": r["deliveries"],
+            "producer_tokens_per_s": run["producer"]["rate"],
+            "spread": "the run cut in three by emit time",
+        }
+        out[keys[0]] = figure(r["p50_ms"], params=p)
+        out[keys[1]] = figure(r["p99_ms"], params={**p, "p99_pooled_ms": r["p99_ms_all"]})
+    return out
 
 
 def aggregator(raw: dict[str, Any]) -> dict[str, Any]:

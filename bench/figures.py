@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 SIZES = (100, 1000, 10000)
+DELIVERY_RATES = (20, 50)
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,16 @@ CATALOGUE: list[Spec] = [
     Spec(
         "readers.idle_cpu_pct", "6. Readers", "idle CPU of a process of idle readers", "% of a core"
     ),
-    Spec("readers.delivery.p50_ms", "6. Readers", "delivery to many readers: p50", "ms"),
-    Spec("readers.delivery.p99_ms", "6. Readers", "delivery to many readers: p99", "ms"),
+    *(
+        Spec(
+            f"readers.delivery.{rate}.{q}_ms",
+            "6. Readers",
+            f"delivery, {rate} tokens/s per job: {q}",
+            "ms",
+        )
+        for rate in DELIVERY_RATES
+        for q in ("p50", "p99")
+    ),
     Spec("aggregator.events_per_s", "7. Aggregator", "5,000-delta fixture", "events/s"),
     Spec(
         "aggregator.long_with_reads.events_per_s",

@@ -56,7 +56,7 @@ FULL: dict[str, dict[str, Any]] = {
     "abort": {"jobs": 100, "blocks": 3, "rate": 20},
     "jobs_memory": {"jobs": 10000, "warmup": 200},
     "readers_idle": {"readers": 2000, "settle": 5.0, "window": 10.0},
-    "delivery": {"readers": 1000, "jobs": 250, "rate": 50, "duration": 5.0},
+    "delivery": {"readers": 1000, "jobs": 250, "rates": [20, 50], "duration": 5.0},
     "aggregator": {"repeat": 5},
 }
 
@@ -73,7 +73,7 @@ SMOKE: dict[str, dict[str, Any]] = {
     "abort": {"jobs": 3, "blocks": 3, "rate": 20},
     "jobs_memory": {"jobs": 150, "warmup": 10},
     "readers_idle": {"readers": 30, "settle": 0.2, "window": 0.5},
-    "delivery": {"readers": 20, "jobs": 5, "rate": 50, "duration": 0.4},
+    "delivery": {"readers": 20, "jobs": 5, "rates": [20, 50], "duration": 0.4},
     "aggregator": {"repeat": 1},
 }
 
@@ -165,8 +165,16 @@ class Bench:
         return {"readers": self.worker("readers_idle", self.plan["readers_idle"])}
 
     def delivery(self) -> dict[str, Any]:
-        """Readers first (they say READY on stdout), then the producer process."""
+        """One run per rate: a light load (the fan-out path) and a heavy one (saturation)."""
         p = self.plan["delivery"]
+        runs = {}
+        for rate in p["rates"]:
+            runs[str(rate)] = self._delivery({**p, "rate": rate})
+            self._say(f"delivery {rate} tokens/s per job", runs[str(rate)], "p99")
+        return {"runs": runs}
+
+    def _delivery(self, p: dict[str, Any]) -> dict[str, Any]:
+        """Readers first (they say READY on stdout), then the producer process."""
         prefix = f"bdlv{uuid.uuid4().hex[:8]}"
         argv, out, log = self._argv("delivery_readers", self._cfg(p, prefix=prefix))
         with log.open("w") as err:
@@ -194,7 +202,7 @@ class Bench:
         return self.worker("aggregator", self.plan["aggregator"])
 
     def _say(self, what: str, result: dict[str, Any], key: str) -> None:
-        value = result.get(key)
+        value = result.get(key) if key != "p99" else result.get("readers", {}).get("p99_ms_all")
         text = f"{value:,.0f}" if isinstance(value, float) else result.get("error", "")
         print(f"   {what}: {text}", flush=True)
 
