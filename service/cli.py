@@ -43,7 +43,7 @@ EXIT_PROVISION: Final = 4
 EXIT_CODES: Final = """exit codes:
   0  success
   1  the service answered with an error (its JSON body is printed on stderr)
-  2  usage error or bad configuration (a flag, an id, a GENJOBS_* variable)
+  2  usage error or bad configuration (a flag, a GENJOBS_* variable)
   3  cannot reach or start NATS, or no genjobs replica answers
   4  the stream or a bucket exists with other settings (provisioning mismatch)"""
 
@@ -99,9 +99,18 @@ def _job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tenant", metavar="T", help="the job's tenantId, if it has one")
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Wraps prose to the terminal, keeps pre-formatted text (anything with a newline) as is."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    fmt = argparse.RawDescriptionHelpFormatter
+    fmt = _Formatter
     parser = argparse.ArgumentParser(
         prog="genjobs",
         description="Resumable LLM generation jobs on NATS JetStream.",
