@@ -14,7 +14,7 @@ serve *ARGS:
 # The embedded nats-server alone, with nats.conf, on 127.0.0.1:4222 (monitoring on :8222).
 nats DATA=".genjobs-data":
     mkdir -p {{DATA}}
-    nats-server -c nats.conf -sd {{DATA}}/jetstream -m 8222
+    nats-server -c nats.conf -sd {{DATA}} -m 8222
 
 # The test suite (real nats-server, asyncio and uvloop).
 test *ARGS:

@@ -142,6 +142,9 @@ class EmbeddedServer:
                 stderr=subprocess.STDOUT,
                 text=True,
                 bufsize=1,
+                # Its own session: a Ctrl-C to `genjobs serve` must not kill the server under
+                # the replica before the replica has written its jobs' terminal events.
+                start_new_session=True,
             )
         except OSError as e:
             raise EmbeddedServerError(f"cannot run {args[0]}: {e}") from e

@@ -294,6 +294,9 @@ class JobOps:
         last = await self.store.subject_last(job_id)
         last_seq, headers = (0, {}) if last is None else last
         if headers.get("Genjobs-Kind") in ("final", "error"):
+            # The owner wrote its terminal event and died before the record: finish the
+            # record from the event, so the job stops counting as running.
+            await self._finalize_from_log(rec, rev, last_seq, headers)
             raise Conflict(f"job {job_id} already has its terminal event")
         index = int(headers.get("Genjobs-Index", "-1")) + 1
         content: list[Any] = []
@@ -344,6 +347,27 @@ class JobOps:
             "usageAlreadyClaimed": abort_by is not None and not usage and bool(rec.collected_usage),
             "seq": seq,
         }
+
+    async def _finalize_from_log(
+        self, rec: JobRecord, rev: int, seq: int, headers: dict[str, Any]
+    ) -> None:
+        data = await self.store.event_data(rec.stream_id, seq)
+        event = msgspec.json.decode(data) if data else {}
+        if headers.get("Genjobs-Kind") == "error":
+            rec.status = JobStatus.ERROR
+            rec.error = str(event.get("error")) if isinstance(event, dict) else "error"
+        elif isinstance(event, dict) and event.get("aborted"):
+            rec.status = JobStatus.ABORTED
+        else:
+            rec.status = JobStatus.COMPLETE
+        rec.completed_at = rec.completed_at or now_ms()
+        rec.last_seq = seq
+        rec.last_index = int(headers.get("Genjobs-Index", rec.last_index))
+        await self.store.update_record(rec, rev, ttl=self.s.completed_ttl)
+        await self.store.job_finished(rec)
+        log.warning(
+            "job %s: record finished from its terminal event (%s)", rec.stream_id, rec.status
+        )
 
     async def replay(self, job_id: str, *, up_to_seq: int | None = None) -> ContentAggregator:
         """Aggregate a job's events from its log (failure paths only: cost grows with the job)."""

@@ -26,6 +26,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.errors import NoStreamResponseError
 
 from actors.registry import Registry
 from actors.stream_actor import Finish, StreamActor, UpdateMeta
@@ -74,7 +75,7 @@ class Replica:
             if not self.s.nats_url:
                 raise Unavailable("no NATS URL (set GENJOBS_NATS_URL or use `genjobs serve`)")
             self._nc = await nats.connect(
-                self.s.nats_url,
+                servers=[u.strip() for u in self.s.nats_url.split(",") if u.strip()],
                 name=f"genjobs-{self.replica_id}",
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
@@ -88,7 +89,7 @@ class Replica:
         self.presence = PresenceTracker(self.nc, self.s, self.registry)
         self.presence.callbacks.append(self._reset_sync_sent)
         await self.presence.start()
-        await self.store.heartbeat()
+        await self._first_heartbeat()
         await self.cleanup.start()
         p = self.s.prefix
         self._subs = [
@@ -99,6 +100,20 @@ class Replica:
         self._supervisor = asyncio.create_task(self._supervise(), name=f"replica:{self.replica_id}")
         await self._ready
         log.info("replica %s ready (prefix %s)", self.replica_id, p)
+
+    async def _first_heartbeat(self) -> None:
+        """A bucket just created on a cluster answers "no responders" until its leader is
+        elected; wait for that (bounded) instead of failing the start."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(10.0, self.s.request_timeout * 2)
+        while True:
+            try:
+                await self.store.heartbeat()
+                return
+            except NoStreamResponseError:
+                if loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.2)
 
     async def _supervise(self) -> None:
         """Owns every background task of the replica, and the actors, in one TaskGroup."""

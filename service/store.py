@@ -103,6 +103,14 @@ class Store:
             timeout=self.s.request_timeout,
         )
 
+    async def event_data(self, job_id: str, seq: int) -> bytes | None:
+        """The payload of one stored event (None if it is gone)."""
+        try:
+            msg = await self.js.get_msg(self.s.stream_name, seq=seq, direct=True)
+        except NotFoundError:
+            return None
+        return msg.data
+
     async def purge_events(self, job_id: str, up_to_seq: int | None = None) -> None:
         """Remove a job's event log (only up to ``up_to_seq`` inclusive, if given)."""
         kwargs: dict[str, Any] = {"subject": self.s.events_subject(job_id)}

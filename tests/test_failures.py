@@ -14,8 +14,9 @@ from service import simulate as sim
 from service.config import Settings
 from service.producer import EmitResult
 from service.reader import LiveHub, read_all
+from service.replica import Replica
 
-from .helpers import running_replica
+from .helpers import running_replica, wait_for
 
 
 async def test_job_reaching_the_per_job_cap_fails_loudly_and_keeps_its_history(
@@ -68,3 +69,29 @@ async def test_a_job_being_created_is_not_swept_as_orphan(settings: Settings) ->
         assert await r.liveness.sweep(r.ops) == 0
         r.registry.reserved.discard("in-creation")  # creation "failed" before the actor started
         assert await r.liveness.sweep(r.ops) == 1
+
+
+async def test_owner_dying_between_terminal_event_and_record_is_finished_from_the_log(
+    settings: Settings,
+) -> None:
+    a = Replica(settings.with_(replica_id="rA"))
+    await a.start()
+    async with running_replica(settings.with_(replica_id="rB")) as b:
+        job = await a.create_job("u1", job_id="half-done")
+        await job.record_usage(sim.usage_openai())
+        seq = await job.flush()
+        # The owner stores its final event, then dies before writing the record.
+        await a.store.publish_event(
+            "half-done", msgspec.json.encode({"final": True}), "final", 0, seq
+        )
+        await a.kill()
+
+        async def finished() -> bool:
+            rec, _ = await b.ops.record("half-done", "u1", None)
+            return bool(rec.status is JobStatus.COMPLETE)
+
+        await wait_for(finished, timeout=settings.lease_ttl * 4)
+        assert await b.ops.active("u1") == []
+        first = await b.ops.abort("half-done", "u1")
+        assert first["collectedUsage"] == [sim.usage_openai()]
+        assert (await b.ops.abort("half-done", "u1"))["usageAlreadyClaimed"] is True

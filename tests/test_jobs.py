@@ -46,7 +46,7 @@ async def test_reader_starting_at_every_sequence_of_a_finished_job_gets_exactly_
     async with running_replica(settings) as r:
         other = await r.create_job("user2", job_id="noise")  # interleaved: seqs are not dense
         job = await r.create_job("user1", job_id="cut")
-        for i, ev in enumerate(sim.generation("cut", tokens=25)):
+        for i, ev in enumerate(sim.generation("cut", tokens=12)):
             await job.emit(ev)
             if i % 3 == 0:
                 await other.emit(sim.text_delta("s", "x"))
