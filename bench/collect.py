@@ -148,6 +148,7 @@ def aggregator(raw: dict[str, Any]) -> dict[str, Any]:
         out[key] = figure(
             [r["min"], r["max"]],
             value=r["median"],
+            n=raw["repeat"],
             params={"fixture": raw["fixture"], "events": raw["events"], "repeat": raw["repeat"]},
         )
     return out

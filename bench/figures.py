@@ -109,9 +109,16 @@ KEYS = [s.key for s in CATALOGUE]
 
 
 def figure(
-    runs: list[float], *, value: float | None = None, params: dict[str, Any] | None = None
+    runs: list[float],
+    *,
+    value: float | None = None,
+    params: dict[str, Any] | None = None,
+    n: int | None = None,
 ) -> dict[str, Any]:
-    """A measured figure: median over ``runs`` (or ``value``), min and max as spread."""
+    """A measured figure: median over ``runs`` (or ``value``), min and max as spread.
+
+    ``n`` is how many runs the spread covers when ``runs`` holds only its extremes.
+    """
     clean = [float(x) for x in runs if x is not None and not math.isnan(float(x))]
     if not clean:
         return error("no samples")
@@ -121,6 +128,7 @@ def figure(
         "min": min(clean),
         "max": max(clean),
         "runs": clean,
+        "n": n or len(clean),
         "params": params or {},
     }
 

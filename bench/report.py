@@ -86,7 +86,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"- {m['cpu']}, {m['cpus']} CPUs, {m['memory_gb']} GB, Linux {m['kernel']},"
         f" Python {m['python']}",
-        f"- load average before {m['load_before']}, after {m['load_after']};"
+        f"- load average before {m['load_before']}, after {m['load_after']}"
+        " (the bench's own processes add about 1 while it runs);"
         f" CPU steal during the run {m['cpu_steal_pct']} %",
         f"- genjobs {v['genjobs']} (git {v['git_commit']}{', dirty tree' if v['git_dirty'] else ''}),"
         f" {v['nats-server']}, nats-py {v['nats-py']}, {v['redis-server']},"
@@ -135,7 +136,7 @@ def _size(f: dict[str, Any]) -> str:
 def _how(f: dict[str, Any]) -> str:
     if f["status"] != "ok":
         return ""
-    n = len(f["runs"])
+    n = f.get("n", len(f["runs"]))
     params = ", ".join(f"{k} {_short(v)}" for k, v in f["params"].items())
     return f"{n} runs/blocks; {params}" if params else f"{n} runs/blocks"
 
