@@ -39,6 +39,12 @@ class ActorPort(Protocol):
         """(seq, headers) of the job's last stored event, None if there is none."""
         ...
 
+    def delivered(
+        self, job_id: str, seq: int, prev: int, kind: str, index: int, data: bytes
+    ) -> None:
+        """An event is durable: hand it to readers in this process (no I/O, never raises)."""
+        ...
+
     async def put_snapshot(
         self, job_id: str, snapshot: dict[str, Any], *, ttl: float | None = None
     ) -> None: ...

@@ -296,12 +296,13 @@ class StreamActor:
             raise StoreFailed(
                 f"job {self.job_id} reached the per-job cap of {self.max_events} events"
             )
-        seq = await self.port.publish_event(
-            self.job_id, _encode(out.event), out.kind, index, self._last_seq
-        )
+        payload = _encode(out.event)
+        prev = self._last_seq
+        seq = await self.port.publish_event(self.job_id, payload, out.kind, index, prev)
         self._pending.popleft()
         self._next_index = index + 1
         self._last_seq = seq
+        self.port.delivered(self.job_id, seq, prev, out.kind, index, payload)
         self.stats.published += 1
         await self._apply_published(out)
         self._acked += out.count
@@ -412,11 +413,11 @@ class StreamActor:
         else:
             event = build_abort_final(record_to_dict(r), self.agg.content_filtered())
             kind, status = "final", JobStatus.ABORTED
-        seq = await self.port.publish_event(
-            self.job_id, _encode(event), kind, self._next_index, self._last_seq
-        )
+        payload, prev, index = _encode(event), self._last_seq, self._next_index
+        seq = await self.port.publish_event(self.job_id, payload, kind, index, prev)
         self._next_index += 1
         self._last_seq = seq
+        self.port.delivered(self.job_id, seq, prev, kind, index, payload)
         r.status = status
         r.completed_at = now_ms()
         if f.kind == "error":

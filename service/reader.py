@@ -43,6 +43,7 @@ from nats.aio.subscription import Subscription
 
 from .config import Settings
 from .directget import DirectGetClient, ReplayTimeout, StoredMsg, client_for
+from .localtap import tap_for
 
 log = logging.getLogger("genjobs.reader")
 
@@ -175,6 +176,9 @@ class Reader:
                 return self._hand_out(self._ready.popleft())
             if self._ended:
                 raise StopAsyncIteration
+            if self._hub._needs_sub:
+                # Subscribe before the re-read that _resync asked for: nothing falls between.
+                await self._hub._ensure_live(self.job_id)
             if self._want != self._have:
                 await self._fetch()
                 continue
@@ -288,13 +292,27 @@ class Reader:
 class _Feed:
     """The one live subscription of a job in a hub, fanned out to the job's readers."""
 
-    __slots__ = ("hub", "job_id", "readers", "sub")
+    __slots__ = ("hub", "job_id", "local", "readers", "sub")
 
     def __init__(self, hub: LiveHub, job_id: str) -> None:
         self.hub = hub
         self.job_id = job_id
         self.readers: set[Reader] = set()
         self.sub: Subscription | None = None
+        self.local = False  # fed by the job's actor in this process (service/localtap.py)
+
+    def on_local(self, seq: int, prev: int, kind: str, index: int, data: bytes) -> None:
+        h = {"Genjobs-Kind": kind, "Genjobs-Index": str(index)}
+        item = (_make_event(seq, h, data), prev)
+        for reader in self.readers:
+            reader._on_live(item)
+
+    def owner_gone(self) -> None:
+        """The local actor ended: subscribe to the live subject, then re-read (see Reader)."""
+        self.local = False
+        self.hub._needs_sub.add(self.job_id)
+        for reader in self.readers:
+            reader._resync()
 
     async def on_msg(self, msg: Msg) -> None:
         h: dict[str, str] = msg.headers or {}
@@ -337,6 +355,8 @@ class LiveHub:
         self._batch = max(1, min(replay_batch, self._limit))
         self._dg = dg or client_for(nc)
         self._feeds: dict[str, _Feed] = {}
+        self._tap = tap_for(nc)
+        self._needs_sub: set[str] = set()  # jobs whose local actor ended: subscribe to NATS
         self._reconnects: int = nc.stats["reconnects"]
         self._closed = False
 
@@ -392,6 +412,11 @@ class LiveHub:
             return
         feed = self._feeds[job_id] = _Feed(self, job_id)
         feed.readers.add(reader)
+        if self._tap.attach(self._s.live_subject(job_id), feed):
+            feed.local = True  # the job's actor runs on this connection: no NATS round trip
+            if self._on_first is not None:
+                await self._presence(self._on_first, job_id)
+            return
         try:
             sub = await self._nc.subscribe(self._s.live_subject(job_id), cb=feed.on_msg)
             if self._feeds.get(job_id) is not feed:  # close() ran meanwhile
@@ -420,8 +445,19 @@ class LiveHub:
             if self._on_last is not None:
                 await self._presence(self._on_last, reader.job_id)
 
+    async def _ensure_live(self, job_id: str) -> None:
+        """Give a feed whose local actor ended its NATS live subscription."""
+        self._needs_sub.discard(job_id)
+        feed = self._feeds.get(job_id)
+        if feed is None or feed.local or feed.sub is not None:
+            return
+        feed.sub = await self._nc.subscribe(self._s.live_subject(job_id), cb=feed.on_msg)
+
     async def _stop(self, feed: _Feed) -> asyncio.Task[None] | None:
         """Unsubscribe; returns the (now cancelling) task nats-py ran for the subscription."""
+        if feed.local:
+            self._tap.detach(self._s.live_subject(feed.job_id), feed)
+            feed.local = False
         sub, feed.sub = feed.sub, None
         if sub is None or self._nc.is_closed or self._nc.is_draining:
             return None  # the connection removes its subscriptions itself

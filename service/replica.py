@@ -299,8 +299,10 @@ class Replica:
                 snapshot_interval=self.s.snapshot_interval,
                 completed_ttl=self.s.completed_ttl,
                 max_events=self.s.max_events_per_job,
+                on_end=lambda a: self.store.release_local(a.job_id),
             )
-            self.registry.start(actor)
+            self.registry.start(actor)  # raises if closing; the task runs from the next tick
+            self.store.claim_local(job_id)
             handle = JobHandle(actor)
             if metadata:
                 await handle.update_metadata(**metadata)

@@ -27,6 +27,7 @@ from schemas.errors import Conflict, StoreFailed, Unavailable
 from schemas.job import JobRecord, decode_record, encode_record
 
 from .config import Settings
+from .localtap import tap_for
 from .publisher import FencedPublisher, direct_get_last
 
 log = logging.getLogger("genjobs.store")
@@ -51,6 +52,7 @@ class Store:
         self.s = settings
         self.replica_id = settings.replica_id
         self.publisher = FencedPublisher(nc, timeout=settings.publish_timeout)
+        self.tap = tap_for(nc)
         self.jobs: KeyValue
         self.users: KeyValue
         self.snapshots: KeyValue
@@ -89,6 +91,18 @@ class Store:
             index=index,
             retries=self.s.publish_retries,
         )
+
+    def claim_local(self, job_id: str) -> None:
+        """This connection runs the job's actor: its local readers are fed directly."""
+        self.tap.claim(self.s.live_subject(job_id))
+
+    def release_local(self, job_id: str) -> None:
+        self.tap.release(self.s.live_subject(job_id))
+
+    def delivered(
+        self, job_id: str, seq: int, prev: int, kind: str, index: int, data: bytes
+    ) -> None:
+        self.tap.deliver(self.s.live_subject(job_id), seq, prev, kind, index, data)
 
     async def subject_last_seq(self, job_id: str) -> int:
         last = await self.subject_last(job_id)
