@@ -40,6 +40,6 @@ bench-deps:
     command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
     {{py}} -m pip install -q -e '.[bench]'
 
-# Long fault-injection variants.
+# Fault-injection tests (kill -9, restarts, cluster failover), short and long variants.
 chaos:
-    {{py}} -m pytest -m slow tests/faults
+    GENJOBS_FAULTS=1 {{py}} -m pytest -m "" tests/faults

@@ -395,9 +395,15 @@ class StreamActor:
         return snap
 
     async def _write_snapshot(self, *, ttl: float | None = None) -> None:
-        await self.port.put_snapshot(self.job_id, self.snapshot(), ttl=ttl)
-        self._dirty = False
+        # Derived data (the events are stored): a failed write is retried at the next interval
+        # and never ends the job; readers then resume from an older snapshot, still exactly.
         self._snapshot_due = time.monotonic() + self.snapshot_interval
+        try:
+            await self.port.put_snapshot(self.job_id, self.snapshot(), ttl=ttl)
+        except Exception as e:
+            log.warning("job %s: snapshot not written (retried later): %r", self.job_id, e)
+            return
+        self._dirty = False
 
     # --- terminal -------------------------------------------------------------------------
 

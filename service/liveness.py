@@ -41,6 +41,9 @@ class Liveness:
         self._dead_handled: set[str] = set()
         self.started = time.monotonic()
         self.takeovers = 0
+        self.stopping = False
+        """Set before the loops are cancelled: nats-py can swallow a cancellation inside
+        next_msg/fetch, so every loop also checks this flag and returns."""
 
     def is_alive(self, replica_id: str) -> bool:
         if replica_id == self.s.replica_id:
@@ -52,8 +55,11 @@ class Liveness:
         return [r for r in self._seen if self.is_alive(r)]
 
     async def heartbeat_loop(self) -> None:
-        while True:
-            await self.store.heartbeat()
+        while not self.stopping:
+            try:
+                await self.store.heartbeat()
+            except Exception as e:  # NATS away or a leader election: keep beating
+                log.warning("heartbeat failed (retrying): %r", e)
             await asyncio.sleep(self.s.heartbeat_interval)
 
     async def watch_loop(self) -> None:
@@ -61,6 +67,8 @@ class Liveness:
         watcher = await self.store.replicas.watchall()
         try:
             async for entry in watcher:
+                if self.stopping:
+                    return
                 if entry is None:
                     continue  # end of the initial values
                 if entry.operation in ("DEL", "PURGE") or not entry.value:
@@ -82,13 +90,19 @@ class Liveness:
         """End jobs whose owner died: promptly for replicas seen dying, by sweep for the rest."""
         next_sweep = time.monotonic() + self.s.lease_ttl  # give heartbeats time to arrive first
         tick = max(0.2, min(1.0, self.s.lease_ttl / 4))
-        while True:
+        while not self.stopping:
             await asyncio.sleep(tick * (0.8 + 0.4 * random.random()))
+            if self.stopping:
+                return
             newly_dead = [
                 r for r in self._seen if not self.is_alive(r) and r not in self._dead_handled
             ]
             if newly_dead or time.monotonic() >= next_sweep:
-                await self.sweep(ops)
+                try:
+                    await self.sweep(ops)
+                except Exception as e:  # one failed sweep must not end the replica
+                    log.warning("janitor sweep failed (next tick retries): %r", e)
+                    continue
                 self._dead_handled.update(newly_dead)
                 next_sweep = time.monotonic() + self.s.sweep_interval
 

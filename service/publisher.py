@@ -171,7 +171,10 @@ class FencedPublisher:
                         return seq
                     raise OwnershipLost(subject, f"another writer appended: {e.description}") from e
                 if e.err_code == 503:
+                    # No responders: a leader election or a restart. Back off instead of
+                    # burning the retries in milliseconds (about 6 s over 5 retries).
                     last_error = e
+                    await asyncio.sleep(min(0.2 * 2**attempt, 3.0))
                     continue
                 raise StoreFailed(f"event {index} on {subject} refused: {e.description}") from e
         raise StoreFailed(

@@ -129,6 +129,7 @@ class Replica:
                 ]
                 self._ready.set_result(None)
                 await self._stop.wait()
+                self.liveness.stopping = True
                 for t in self._background:
                     t.cancel()
                 self.registry.cancel_all()  # whatever survived the graceful phase
@@ -187,6 +188,7 @@ class Replica:
         """Simulate a crash (tests, chaos): no terminal events, no goodbye, heartbeats just stop."""
         self.stopped = True
         self.registry.closing = True
+        self.liveness.stopping = True
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):

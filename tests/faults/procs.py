@@ -1,0 +1,272 @@
+"""Real `genjobs serve` processes for fault tests, and a remote producer speaking plain NATS.
+
+A crash test must kill the process that owns the jobs, not a simulation inside the test's own
+event loop: ``kill -9`` leaves no chance to write anything, and SIGTERM goes through the real
+signal handling of ``service/cli.py``. The child's output is drained by a thread for its whole
+life (a full pipe would stall it) and readiness is read from its "genjobs: ready" line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from service.config import Settings
+from service.directget import client_for
+
+from .conftest import REPO
+
+READY_MARK = "genjobs: ready"
+_ENV_FIELDS = (
+    "prefix",
+    "replica_id",
+    "stream_replicas",
+    "completed_ttl",
+    "lease_ttl",
+    "heartbeat_interval",
+    "snapshot_interval",
+    "publish_timeout",
+    "request_timeout",
+    "shutdown_grace",
+)
+
+
+def settings_env(s: Settings) -> dict[str, str]:
+    """The ``GENJOBS_*`` variables that make ``Settings.from_env()`` in a child equal ``s``."""
+    known = {f.name for f in fields(Settings)}
+    env = {
+        f"GENJOBS_{name.upper()}": str(getattr(s, name)) for name in _ENV_FIELDS if name in known
+    }
+    assert s.nats_url is not None
+    env["GENJOBS_NATS_URL"] = s.nats_url
+    return env
+
+
+class ServeProcess:
+    """One ``python -m service.cli serve`` child process."""
+
+    def __init__(self, settings: Settings, *, uvloop: bool = False) -> None:
+        self.s = settings
+        self.uvloop = uvloop
+        self.proc: subprocess.Popen[str] | None = None
+        self.ready = threading.Event()
+        self.exited = threading.Event()
+        self.lines: deque[str] = deque(maxlen=400)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 30.0) -> None:
+        env = {**os.environ, **settings_env(self.s), "PYTHONUNBUFFERED": "1"}
+        args = [sys.executable, "-m", "service.cli", "serve", "--log-level", "info"]
+        if not self.uvloop:
+            args.append("--no-uvloop")
+        self.proc = subprocess.Popen(
+            args,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        self._thread = threading.Thread(target=self._drain, daemon=True, name="serve-log")
+        self._thread.start()
+        deadline = timeout
+        while not (self.ready.is_set() or self.exited.is_set()) and deadline > 0:
+            self.ready.wait(0.1)
+            deadline -= 0.1
+        if not self.ready.is_set():
+            self.kill()
+            raise RuntimeError("genjobs serve did not become ready:\n" + self.tail())
+
+    def _drain(self) -> None:
+        assert self.proc is not None
+        assert self.proc.stdout is not None
+        with self.proc.stdout:
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip())
+                if READY_MARK in line:
+                    self.ready.set()
+        self.proc.wait()
+        self.exited.set()
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(list(self.lines)[-n:])
+
+    def sigterm(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL: the replica gets no chance to write anything."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code, or None if still running after ``timeout``."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def close(self) -> None:
+        self.kill()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+# --- a remote producer (DESIGN §9), in plain NATS requests ----------------------------------
+
+
+class ServiceError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+async def api(
+    nc: NATS, s: Settings, endpoint: str, body: dict[str, Any], timeout: float = 5.0
+) -> Any:
+    """One request to ``<prefix>.api.<endpoint>``; raises ServiceError on an error reply."""
+    reply = await nc.request(
+        f"{s.prefix}.api.{endpoint}", msgspec.json.encode(body), timeout=timeout
+    )
+    data = msgspec.json.decode(reply.data) if reply.data else None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        raise ServiceError(str(data["error"].get("code")), str(data["error"].get("message")))
+    return data
+
+
+@dataclass
+class RemoteProducer:
+    """Sends a job's script as ingest batches of ``batch`` events; a batch is acknowledged when
+    the owner replies (it is durable then). When a batch goes unanswered it resends the same
+    batch (idempotent by index) and asks ``api.status`` whether the job still runs: a job that
+    is no longer running is *gone*, and the producer stops."""
+
+    nc: NATS
+    s: Settings
+    job_id: str
+    events: list[dict[str, Any]]
+    user_id: str = "u1"
+    batch: int = 3
+    usage_every: int = 0
+    """Add one usage record (one model call) to every n-th batch."""
+    pace: float = 0.0
+    timeout: float = 1.0
+    on_ack: Callable[[int], None] | None = None
+    index: int = 0  # next producer index (events + usage entries)
+    sent_events: int = 0
+    sent_usage: int = 0
+    acked_events: int = 0
+    acked_usage: list[dict[str, Any]] = field(default_factory=list)
+    acked_seq: int = 0
+    result: dict[str, Any] | None = None
+    gone_status: str | None = None
+    gone_at: float | None = None
+    error: str | None = None
+    unanswered: int = 0
+    aborted: bool = False
+
+    async def _send(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """One batch until answered: None once the job is gone or an error was answered."""
+        while True:
+            try:
+                reply = await self.nc.request(
+                    self.s.ingest_subject(self.job_id),
+                    msgspec.json.encode(body),
+                    timeout=self.timeout,
+                )
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
+                self.unanswered += 1
+                if await self._job_ended():
+                    return None
+                if isinstance(e, nats.errors.NoRespondersError):
+                    await asyncio.sleep(0.2)  # retry backoff: nobody listens right now
+                continue
+            data: dict[str, Any] = msgspec.json.decode(reply.data)
+            if isinstance(data.get("error"), dict):
+                self.error = f"{data['error'].get('code')}: {data['error'].get('message')}"
+                self.gone_at = asyncio.get_running_loop().time()
+                return None
+            return data
+
+    async def _job_ended(self) -> bool:
+        """Ask any replica (``api.status``); with none answering, read the job's last stored
+        event: a terminal one means the job is over."""
+        try:
+            st = await api(
+                self.nc,
+                self.s,
+                "status",
+                {"jobId": self.job_id, "userId": self.user_id},
+                timeout=self.timeout,
+            )
+            status = str(st.get("status"))
+            ended = not st.get("active") and status != "running"
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            last = await client_for(self.nc).last_msg(
+                self.s.stream_name, self.s.events_subject(self.job_id), self.timeout
+            )
+            kind = last.headers.get("Genjobs-Kind") if last is not None else None
+            status = str(kind)
+            ended = kind in ("final", "error")
+        if ended:
+            self.gone_status = status
+            self.gone_at = asyncio.get_running_loop().time()
+        return ended
+
+    async def run(self, usage: dict[str, Any] | None = None) -> None:
+        n_batch = 0
+        i = 0
+        while i < len(self.events):
+            chunk = self.events[i : i + self.batch]
+            body: dict[str, Any] = {"firstIndex": self.index, "events": chunk}
+            n_batch += 1
+            with_usage = usage is not None and self.usage_every and n_batch % self.usage_every == 0
+            if with_usage:
+                body["usage"] = [usage]
+                self.sent_usage += 1
+            self.sent_events = i + len(chunk)
+            reply = await self._send(body)
+            if reply is None:
+                return
+            if reply.get("aborted"):
+                self.aborted = True
+                return
+            self.index = int(reply["nextIndex"])
+            i += len(chunk)
+            self.acked_events = i
+            if self.on_ack is not None:
+                self.on_ack(len(chunk))
+            if with_usage:
+                assert usage is not None
+                self.acked_usage.append(usage)
+            self.acked_seq = int(reply.get("seq") or self.acked_seq)
+            if self.pace:
+                await asyncio.sleep(self.pace)  # the model's token latency
+        from service import simulate as sim
+
+        reply = await self._send(
+            {"firstIndex": self.index, "complete": sim.final_event(self.job_id)}
+        )
+        self.result = reply
