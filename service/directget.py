@@ -84,6 +84,7 @@ class _Pending:
     future: asyncio.Future[tuple[list[StoredMsg], int]]
     stream: str
     batch: bool
+    owner: object = None
     msgs: list[StoredMsg] = field(default_factory=list)
 
 
@@ -155,15 +156,20 @@ class DirectGetClient:
         start_seq: int,
         batch: int = 500,
         timeout: float = 5.0,
+        owner: object = None,
     ) -> tuple[list[StoredMsg], int]:
-        """See :func:`direct_get_batch`."""
+        """See :func:`direct_get_batch`; ``owner`` tags the request for :meth:`fail_owned`."""
         body = {"seq": max(start_seq, 1), "next_by_subj": subject, "batch": batch}
-        return await self._request(stream, body, subject, batch=True, timeout=timeout)
+        return await self._request(stream, body, subject, batch=True, timeout=timeout, owner=owner)
 
-    async def last_msg(self, stream: str, subject: str, timeout: float = 5.0) -> StoredMsg | None:
+    async def last_msg(
+        self, stream: str, subject: str, timeout: float = 5.0, owner: object = None
+    ) -> StoredMsg | None:
         """The last message stored on ``subject``, or ``None``; raises as :func:`last_seq_for_subject`."""
         body = {"last_by_subj": subject}
-        msgs, _ = await self._request(stream, body, subject, batch=False, timeout=timeout)
+        msgs, _ = await self._request(
+            stream, body, subject, batch=False, timeout=timeout, owner=owner
+        )
         return msgs[0] if msgs else None
 
     async def last_seq(self, stream: str, subject: str, timeout: float = 5.0) -> int:
@@ -172,14 +178,21 @@ class DirectGetClient:
         return last.seq if last else 0
 
     async def _request(
-        self, stream: str, body: dict[str, Any], subject: str, *, batch: bool, timeout: float
+        self,
+        stream: str,
+        body: dict[str, Any],
+        subject: str,
+        *,
+        batch: bool,
+        timeout: float,
+        owner: object = None,
     ) -> tuple[list[StoredMsg], int]:
         if self._closed:
             raise RuntimeError("DirectGetClient is closed")
         await self._start()
         self._next_token += 1
         token = str(self._next_token)
-        pending = _Pending(asyncio.get_running_loop().create_future(), stream, batch)
+        pending = _Pending(asyncio.get_running_loop().create_future(), stream, batch, owner)
         self._pending[token] = pending
         try:
             await self._nc.publish(_API + stream, _encode(body), reply=self._prefix + token)
@@ -189,6 +202,17 @@ class DirectGetClient:
             raise ReplayTimeout(stream, subject, int(body.get("seq", 0)), timeout) from e
         finally:
             del self._pending[token]
+
+    def fail_owned(self, owner: object, error: BaseException) -> int:
+        """Fail at once the waiting requests made for ``owner`` (a closing reader hub) with
+        ``error``, instead of leaving them to their timeout; returns how many there were."""
+        failed = 0
+        for pending in self._pending.values():
+            if pending.owner is owner and not pending.future.done():
+                pending.future.set_exception(error)
+                pending.future.exception()  # retrieved: the waiter re-raises it
+                failed += 1
+        return failed
 
     async def close(self) -> None:
         """Unsubscribe and fail the requests still waiting; later requests raise."""

@@ -169,6 +169,15 @@ class Reader:
         """
         if not self._joined:
             raise RuntimeError("read a job inside `async with hub.subscribe(job_id)`")
+        try:
+            return await self._next()
+        except HubClosed as e:
+            if e.job_id == self.job_id:
+                raise
+            # A replay request the closing hub failed: say where *this* reader resumes.
+            raise HubClosed("hub closed", self.job_id, self.last_seq) from None
+
+    async def _next(self) -> ReadEvent:
         while True:
             if self._error is not None:
                 raise self._error
@@ -478,7 +487,12 @@ class LiveHub:
         while True:
             try:
                 return await self._dg.get_batch(
-                    self._s.stream_name, subject, start, self._batch, self._s.request_timeout
+                    self._s.stream_name,
+                    subject,
+                    start,
+                    self._batch,
+                    self._s.request_timeout,
+                    owner=self,
                 )
             except ReplayTimeout as e:
                 if self._closed or self._nc.is_closed:
@@ -490,17 +504,21 @@ class LiveHub:
 
     async def _last_msg(self, job_id: str) -> StoredMsg | None:
         subject = self._s.events_subject(job_id)
-        return await self._dg.last_msg(self._s.stream_name, subject, self._s.request_timeout)
+        return await self._dg.last_msg(
+            self._s.stream_name, subject, self._s.request_timeout, owner=self
+        )
 
     async def close(self) -> None:
         """End every open reader with :class:`HubClosed` and drop every live subscription.
 
-        A waiting reader ends at once, one in the middle of a replay request when it returns.
-        ``on_last_reader_left`` is awaited for each job that had readers.
+        A waiting reader ends at once, and so does one in the middle of a replay request (its
+        request is failed, not waited out). ``on_last_reader_left`` is awaited for each job
+        that had readers.
         """
         if self._closed:
             return
         self._closed = True
+        self._dg.fail_owned(self, HubClosed("hub closed", "", 0))  # re-raised per reader
         feeds = list(self._feeds.values())
         self._feeds.clear()
         stopping = set()

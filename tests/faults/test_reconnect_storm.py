@@ -9,18 +9,24 @@ of its job exactly once, in order, and with the job's full content.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
+import time
 from dataclasses import dataclass
 
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from nats.errors import ConnectionClosedError
 
 from service.config import Settings
-from service.reader import LiveHub
+from service.directget import client_for
+from service.provision import provision
+from service.reader import HubClosed, LiveHub
 
-from ..helpers import aggregate, running_replica
-from .conftest import Figures
+from ..helpers import aggregate, running_replica, wait_for
+from .conftest import Figures, Node, fault_settings
 from .workload import (
     Clock,
     Follower,
@@ -192,3 +198,41 @@ async def test_reconnect_storm_every_reader_gets_every_event_once(
     # Every planned drop happened (each before its job's terminal event), plus the forced ones.
     assert all(f.resumes == len(f.drops) + f.forced for f in followers)
     assert gateways.restarts == case.gateway_restarts
+
+
+async def test_gateway_closing_under_a_replaying_reader_ends_it_at_once(
+    nats_node: Node, figures: Figures
+) -> None:
+    """What the storm's gateway restarts hit (``cut_off_mid_request``): a reader in the middle
+    of a replay when its gateway shuts down should end at once with HubClosed (or the
+    documented ConnectionClosedError), so its client resumes elsewhere without delay."""
+    s = fault_settings(nats_node.url, request_timeout=3.0)
+    nc = await nats.connect(nats_node.url, max_reconnect_attempts=-1)
+    js = nc.jetstream()
+    await provision(js, s)
+    headers = {"Genjobs-Kind": "created", "Genjobs-Index": "0"}
+    await js.publish(s.events_subject("cut"), b'{"created": true}', headers=headers)
+    hub = LiveHub(nc, s)
+    async with hub.subscribe("cut") as reader:
+        assert (await anext(reader)).index == 0
+        assert nats_node.pid is not None
+        os.kill(nats_node.pid, signal.SIGSTOP)  # a frozen server: requests go unanswered
+        pending = asyncio.create_task(anext(reader))
+        hub.on_reconnected()  # as after a reconnect: the reader re-reads from its cursor
+
+        async def replaying() -> bool:  # its re-read request is out, unanswered
+            return bool(client_for(nc)._pending)
+
+        await wait_for(replaying, timeout=2)
+        assert not pending.done()
+        t0 = time.monotonic()
+        await hub.close()  # the gateway shuts down: hub first, then its connection
+        await nc.close()
+        try:
+            with pytest.raises((HubClosed, ConnectionClosedError)):
+                await pending
+            ended_after = time.monotonic() - t0
+        finally:
+            os.kill(nats_node.pid, signal.SIGCONT)
+    figures.update(ended_after_s=ended_after, request_timeout_s=s.request_timeout)
+    assert ended_after < 1.0
