@@ -12,13 +12,8 @@ serially, so the handler only takes a slot (bounded per endpoint: a flood of slo
 backpressure to ``abort`` alone) and hands the request to a task of this object's TaskGroup; a
 request stuck on a dead owner never delays another one.
 
-Remote producers send batches to ``<prefix>.ingest.<job_id>``. Every replica subscribes (no
-queue group) and only the owner answers, like the abort subject. The batch is decoded and queued
-to the job's actor inside the subscription callback, so batches reach the actor in the order
-they were sent even when a producer pipelines them; only the wait for durability runs in a task.
-A job that ended while this replica owned it keeps a small tombstone (bounded, for
-``completed_ttl``), so a producer still sending learns ``aborted: true`` (or ``conflict`` for a
-job that completed) instead of waiting for a reply nobody sends.
+Remote producers' batches on ``<prefix>.ingest.<job_id>`` are handled by
+:class:`service.ingest.IngestGateway`, whose answer tasks run in this object's TaskGroup.
 
 Every failure is answered with the micro error headers (``Nats-Service-Error``,
 ``Nats-Service-Error-Code``) and the body ``{"error": {"code", "message"}}``; unexpected
@@ -32,9 +27,7 @@ import asyncio
 import importlib.metadata
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any, Final, cast
 
 import msgspec
@@ -46,47 +39,30 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import SEMVER_REGEX, Endpoint, EndpointStats, Service
 
-from actors.messages import Ingest
-from actors.stream_actor import StreamActor
 from schemas.api import (
     AbortRequest,
     ActiveRequest,
     CountsRequest,
     CreateRequest,
-    ErrorCode,
-    IngestReply,
     JobRequest,
     ResumeRequest,
     StatusRequest,
     decode,
-    decode_ingest,
-    encode,
-    error_body,
 )
-from schemas.errors import (
-    BadRequest,
-    Conflict,
-    GenjobsError,
-    JobEnded,
-    TooLarge,
-    Unavailable,
-)
-from schemas.events import classify
+from schemas.errors import BadRequest, Conflict, GenjobsError, TooLarge, Unavailable
 from schemas.ids import check_id, check_optional_id
 from schemas.job import JobStatus, record_to_dict
 
+from .ingest import IngestGateway
 from .replica import Replica
+from .replies import ERROR_CODE_HEADER, ERROR_HEADER, error_code, header_text, send, send_error
 
 log = logging.getLogger("genjobs.api")
 _enc = msgspec.json.Encoder()
 
 SERVICE_NAME: Final = "genjobs"
-ERROR_HEADER: Final = "Nats-Service-Error"
-ERROR_CODE_HEADER: Final = "Nats-Service-Error-Code"
 UNKNOWN_QUEUE: Final = "genjobs-unknown"
-MAX_EVENT_DEPTH: Final = 64
-"""Deeper event payloads are refused: msgspec's recursion limit (~1,000 levels) would otherwise
-be hit later inside the actor, failing the job instead of the request."""
+__all__ = ["ERROR_CODE_HEADER", "ERROR_HEADER", "SERVICE_NAME", "ServiceApi", "SyncRequest"]
 
 ENDPOINT_DOCS: Final[dict[str, tuple[str, str]]] = {
     "create": (
@@ -130,24 +106,6 @@ def service_version() -> str:
     return version if SEMVER_REGEX.match(version) else "0.1.0"
 
 
-def _header_text(text: str, limit: int = 200) -> str:
-    """One printable ASCII line: header values go to every client library, not just ours."""
-    ascii_text = text.encode("ascii", "backslashreplace").decode("ascii")
-    return "".join(c if c.isprintable() else " " for c in ascii_text)[:limit]
-
-
-def _too_deep(obj: dict[str, Any], limit: int) -> bool:
-    """Whether ``obj`` nests containers deeper than ``limit`` (iterative: no recursion)."""
-    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(obj, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        values = item.values() if isinstance(item, dict) else item
-        stack.extend((v, depth + 1) for v in values if isinstance(v, (dict, list)))
-    return False
-
-
 def _decode(data: bytes, type_: type[Any]) -> Any:
     """Raises: BadRequest (malformed JSON, wrong types, missing or unknown fields)."""
     try:
@@ -169,16 +127,6 @@ def _job_ids(req: JobRequest | SyncRequest) -> tuple[str, str, str | None]:
     )
 
 
-@dataclass(slots=True)
-class _Ended:
-    """What a former owner still knows about a job it served, to answer a late ingest."""
-
-    status: JobStatus
-    aborted: bool
-    next_index: int
-    expires: float
-
-
 class ServiceApi:
     """The micro service endpoints and the ingest subscription of one started replica."""
 
@@ -195,7 +143,6 @@ class ServiceApi:
         self.max_inflight = max_inflight
         self.request_deadline = request_deadline or max(30.0, 6 * self.s.request_timeout)
         """Upper bound of one request's work; past it the caller gets ``unavailable``."""
-        self._max_tombstones = max_tombstones
         self._handlers: dict[str, Callable[[bytes], Awaitable[Any]]] = {
             "create": self._create,
             "status": self._status,
@@ -206,7 +153,13 @@ class ServiceApi:
             "sync": self._sync,
         }
         self._slots = {name: asyncio.Semaphore(max_inflight) for name in self._handlers}
-        self._ingest_slots = asyncio.Semaphore(max_inflight)
+        self._ingest = IngestGateway(
+            replica,
+            self._spawn,
+            max_inflight=max_inflight,
+            request_deadline=self.request_deadline,
+            max_tombstones=max_tombstones,
+        )
         self._inflight: dict[str, int] = {}
         self._endpoints: dict[str, Endpoint] = {}
         self._service: Service | None = None
@@ -214,9 +167,6 @@ class ServiceApi:
         self._tg: asyncio.TaskGroup | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
-        self._watched: dict[str, int] = {}  # running job -> next ingest index acknowledged
-        self._ended: OrderedDict[str, _Ended] = OrderedDict()
-        self._ingest_prefix = f"{self.s.prefix}.ingest."
         self.stopped = False
 
     @property
@@ -272,7 +222,7 @@ class ServiceApi:
         self._subs.append(
             await nc.subscribe(f"{p}.api.>", queue=UNKNOWN_QUEUE, cb=self._on_unknown)
         )
-        self._subs.append(await nc.subscribe(f"{p}.ingest.*", cb=self._on_ingest))
+        self._subs.append(await nc.subscribe(self._ingest.subject, cb=self._ingest.on_msg))
         await nc.flush()
 
     def _endpoint_data(self, stats: EndpointStats) -> dict[str, int]:
@@ -332,7 +282,7 @@ class ServiceApi:
             await slots.acquire()  # backpressure on this endpoint only
             self._inflight[name] = self._inflight.get(name, 0) + 1
             try:
-                self._spawn(self._serve(name, req, time.perf_counter_ns()), name=f"api:{name}")
+                self._spawn(self._serve(name, req, time.perf_counter_ns()), f"api:{name}")
             except BaseException as e:
                 slots.release()
                 self._inflight[name] -= 1
@@ -390,7 +340,7 @@ class ServiceApi:
             ep._average_processing_time = ep._processing_time // max(1, ep._num_requests)
             if error is not None:
                 ep._num_errors += 1
-                ep._last_error = f"{_code(error).status}:{_header_text(error.message)}"
+                ep._last_error = f"{error_code(error).status}:{header_text(error.message)}"
         except (AttributeError, TypeError) as e:
             log.warning("endpoint stats not updated (nats.micro internals changed?): %r", e)
             self._endpoints.pop(name, None)
@@ -420,7 +370,7 @@ class ServiceApi:
             return record_to_dict(rec)
         actor = self.replica.registry.get(handle.job_id)
         if actor is not None:
-            self._watch(actor)
+            self._ingest.watch(actor)
         return record_to_dict(handle.record)
 
     async def _status(self, data: bytes) -> Any:
@@ -466,196 +416,15 @@ class ServiceApi:
         known = ", ".join(self._handlers)
         await self._send_error(msg, BadRequest(f"unknown endpoint {name!r}; known: {known}"))
 
-    # --- remote ingest --------------------------------------------------------------------
-
-    async def _on_ingest(self, msg: Msg) -> None:
-        """``<prefix>.ingest.<job_id>``: the owner answers, every other replica stays silent.
-
-        Decoding and queueing happen here, in the subscription's order; a task waits for the
-        batch to be durable and answers.
-        """
-        job_id = msg.subject[len(self._ingest_prefix) :]
-        actor = self.replica.registry.get(job_id)
-        if actor is None:
-            ended = self._tombstone(job_id)
-            if ended is not None:
-                await self._answer_ended(msg, job_id, ended.status, ended.aborted, ended.next_index)
-            return
-        await self._ingest_slots.acquire()
-        handed_off = False
-        try:
-            try:
-                cmd = self._ingest_command(msg.data)
-                actor.request(cmd)
-            except JobEnded:
-                next_index = self._watched.get(job_id, 0)
-                await self._answer_ended(
-                    msg, job_id, actor.rec.status, actor.aborted.is_set(), next_index
-                )
-                return
-            self._watch(actor)
-            self._spawn(self._await_ingest(msg, actor, cmd), name=f"ingest:{job_id}")
-            handed_off = True
-        except GenjobsError as e:
-            await self._send_error(msg, e)
-        except Exception:
-            log.exception("ingest %s: unexpected error", job_id)
-            await self._send_error(msg, Unavailable("internal error"))
-        finally:
-            if not handed_off:
-                self._ingest_slots.release()
-
-    def _ingest_command(self, data: bytes) -> Ingest:
-        """Raises: TooLarge, BadRequest."""
-        if len(data) > self.s.max_request_bytes:
-            raise TooLarge(f"batch of {len(data)} bytes exceeds {self.s.max_request_bytes}")
-        try:
-            batch = decode_ingest(data)
-        except ValueError as e:
-            raise BadRequest(str(e)) from e
-        except RecursionError as e:
-            raise BadRequest("JSON nested too deeply") from e
-        if data.count(b"[") + data.count(b"{") > MAX_EVENT_DEPTH:
-            for i, event in enumerate(batch.events):
-                if _too_deep(event, MAX_EVENT_DEPTH):
-                    raise BadRequest(f"events[{i}]: nested deeper than {MAX_EVENT_DEPTH} levels")
-            if batch.complete is not None and _too_deep(batch.complete, MAX_EVENT_DEPTH):
-                raise BadRequest(f"complete: nested deeper than {MAX_EVENT_DEPTH} levels")
-        items: list[tuple[str, Any]] = [("event", (ev, classify(ev).value)) for ev in batch.events]
-        items.extend(("usage", msgspec.to_builtins(u)) for u in batch.usage)
-        if batch.complete is not None:
-            items.append(("complete", batch.complete))
-        elif batch.error is not None:
-            items.append(("error", batch.error))
-        metadata = msgspec.to_builtins(batch.metadata) if batch.metadata is not None else None
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        return Ingest(batch.first_index, items, metadata or None, fut)
-
-    async def _await_ingest(self, msg: Msg, actor: StreamActor, cmd: Ingest) -> None:
-        job_id = actor.job_id
-        try:
-            try:
-                async with asyncio.timeout(self.request_deadline):
-                    result = await cmd.fut
-            except JobEnded:
-                next_index = self._watched.get(job_id, 0)
-                await self._answer_ended(
-                    msg, job_id, actor.rec.status, actor.aborted.is_set(), next_index
-                )
-                return
-            except GenjobsError as e:
-                await self._send_error(msg, e)
-                return
-            except TimeoutError:
-                log.warning(
-                    "ingest %s: batch not stored within %.1fs", job_id, self.request_deadline
-                )
-                await self._send_error(msg, Unavailable("timed out storing the batch"))
-                return
-            except asyncio.CancelledError:
-                await self._send_error(msg, Unavailable("shutting down"))
-                raise
-            except Exception:
-                log.exception("ingest %s: unexpected error", job_id)
-                await self._send_error(msg, Unavailable("internal error"))
-                return
-            next_index = int(result.get("nextIndex", 0))
-            if job_id in self._watched:
-                self._watched[job_id] = max(self._watched[job_id], next_index)
-            if result.get("ended"):
-                await self._answer_ended(
-                    msg, job_id, actor.rec.status, bool(result.get("aborted")), next_index
-                )
-                return
-            reply = IngestReply(
-                ok=bool(result.get("ok")),
-                next_index=next_index,
-                seq=result.get("seq"),
-                aborted=bool(result.get("aborted")),
-            )
-            await self._send(msg, encode(reply))
-        finally:
-            self._ingest_slots.release()
-
-    async def _answer_ended(
-        self, msg: Msg, job_id: str, status: JobStatus, aborted: bool, next_index: int
-    ) -> None:
-        """Aborted (or being aborted): ``{ok: false, aborted: true}``, the producer stops.
-        Completed or failed: ``conflict``, nothing more is accepted."""
-        if aborted or status is JobStatus.ABORTED:
-            reply = IngestReply(ok=False, next_index=next_index, aborted=True)
-            await self._send(msg, encode(reply))
-        else:
-            await self._send_error(msg, JobEnded(job_id, status.value))
-
-    # --- ended jobs -------------------------------------------------------------------------
-
-    def _watch(self, actor: StreamActor) -> None:
-        """Keep a tombstone when ``actor`` ends (chained onto its ``on_end`` callback)."""
-        job_id = actor.job_id
-        if job_id in self._watched:
-            return
-        self._watched[job_id] = 0
-        if actor.inbox.closed:  # already ended: on_end has run
-            self._remember(actor)
-            return
-        previous = actor.on_end
-
-        def ended(a: StreamActor) -> None:
-            if previous is not None:
-                previous(a)
-            self._remember(a)
-
-        actor.on_end = ended
-
-    def _remember(self, actor: StreamActor) -> None:
-        next_index = self._watched.pop(actor.job_id, 0)
-        now = time.monotonic()
-        self._ended[actor.job_id] = _Ended(
-            status=actor.rec.status,
-            aborted=actor.aborted.is_set() or actor.rec.status is JobStatus.ABORTED,
-            next_index=next_index,
-            expires=now + self.s.completed_ttl,
-        )
-        self._ended.move_to_end(actor.job_id)
-        while self._ended:
-            oldest = next(iter(self._ended.values()))
-            if len(self._ended) <= self._max_tombstones and oldest.expires > now:
-                break
-            self._ended.popitem(last=False)
-
-    def _tombstone(self, job_id: str) -> _Ended | None:
-        ended = self._ended.get(job_id)
-        if ended is not None and ended.expires <= time.monotonic():
-            del self._ended[job_id]
-            return None
-        return ended
-
     # --- replies --------------------------------------------------------------------------
 
     async def _send_error(self, msg: Msg, error: GenjobsError) -> None:
-        code = _code(error)
-        headers = {ERROR_HEADER: _header_text(error.message), ERROR_CODE_HEADER: str(code.status)}
-        await self._send(msg, error_body(code, error.message), headers=headers)
+        await send_error(self.replica.nc, msg, error)
 
-    async def _send(self, msg: Msg, data: bytes, headers: dict[str, str] | None = None) -> None:
-        """Answer if the request has a reply subject; a failed answer is logged, not raised, so
-        one lost connection cannot fail the other requests' TaskGroup."""
-        if not msg.reply:
-            return
-        try:
-            await self.replica.nc.publish(msg.reply, data, headers=headers)
-        except NatsError as e:
-            log.warning("could not answer %s: %s", msg.subject, e)
+    async def _send(self, msg: Msg, data: bytes) -> None:
+        await send(self.replica.nc, msg, data)
 
 
 def _msg(req: Request) -> Msg:
     """The request's message: nats.micro's ``Request`` hides the reply subject we must check."""
     return req._msg
-
-
-def _code(error: GenjobsError) -> ErrorCode:
-    try:
-        return ErrorCode(error.code)
-    except ValueError:
-        return ErrorCode.UNAVAILABLE
