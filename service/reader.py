@@ -90,6 +90,14 @@ def _make_event(seq: int, headers: dict[str, str], data: bytes) -> ReadEvent:
     return ReadEvent(seq, int(index) if index.isdigit() else -1, kind, data)
 
 
+def _stored_event(m: StoredMsg) -> ReadEvent:
+    """The event of a replayed message, reading only the two headers it needs."""
+    index = m.header("Genjobs-Index") or ""
+    return ReadEvent(
+        m.seq, int(index) if index.isdigit() else -1, m.header("Genjobs-Kind") or "", m.data
+    )
+
+
 class ReaderError(RuntimeError):
     """A reader ended before its job's terminal event; resume from ``last_seq``."""
 
@@ -167,6 +175,11 @@ class Reader:
             nats.errors.ConnectionClosedError: the connection was closed.
             RuntimeError: used outside ``async with``.
         """
+        ready = self._ready
+        if ready and self._error is None and self._joined:  # the replay's fast path
+            ev = ready.popleft()
+            self.last_seq = ev.seq
+            return ev
         if not self._joined:
             raise RuntimeError("read a job inside `async with hub.subscribe(job_id)`")
         try:
@@ -241,7 +254,7 @@ class Reader:
         msgs, pending = await self._hub._fetch(self.job_id, self._cursor + 1)
         for m in msgs:
             if m.seq > self._cursor and not self._ended:
-                ev = _make_event(m.seq, m.headers, m.data)
+                ev = _stored_event(m)
                 self._ready.append(ev)
                 self._accept(ev)
         if not msgs and self._have == 0 and self._cursor > 0:
@@ -256,7 +269,7 @@ class Reader:
         """A reader resuming right after the terminal event ends at once instead of waiting."""
         last = await self._hub._last_msg(self.job_id)
         if last is not None and last.seq == self._cursor:
-            self._ended = last.headers.get("Genjobs-Kind") in TERMINAL_KINDS
+            self._ended = last.header("Genjobs-Kind") in TERMINAL_KINDS
 
     async def _wait(self) -> None:
         """Wait for a live message, or until ``idle_check`` seconds passed without any."""
