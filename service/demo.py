@@ -41,7 +41,6 @@ from .cli import (
     EXIT_OK,
     CliError,
     api_request,
-    load_service_api,
     run_async,
 )
 from .config import Settings
@@ -385,7 +384,8 @@ def _usage(records: list[dict[str, Any]]) -> str:
 
 @contextlib.asynccontextmanager
 async def _replicas(url: str) -> AsyncIterator[tuple[Replica, Replica]]:
-    ServiceApi = load_service_api()
+    from .api import ServiceApi  # late: the other commands start fast
+
     base = Settings(nats_url=url, shutdown_grace=3.0)
     a = Replica(base.with_(replica_id="replica-A"))
     b = Replica(base.with_(replica_id="replica-B"))

@@ -1,0 +1,192 @@
+"""``genjobs serve``: one replica and its micro service, with the shutdown sequence as code.
+
+Start: an embedded nats-server when no ``GENJOBS_NATS_URL`` is given, then connect (retrying
+while a fresh cluster elects its leaders), start the :class:`~service.replica.Replica` and its
+:class:`~service.api.ServiceApi`, print ``READY_MARK``. Stop (SIGTERM, SIGINT, or the connection
+closed for good): stop taking requests, end the running jobs with their terminal events, flush
+the publish acks, drain the connection, stop the embedded server. Exit 0, or 3 when NATS was lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+
+from .cli import (
+    EXIT_NO_NATS,
+    EXIT_OK,
+    EXIT_PROVISION,
+    READY_MARK,
+    CliError,
+    connect,
+    redact_url,
+    run_async,
+    settings_from,
+)
+from .config import Settings
+
+log = logging.getLogger("genjobs.serve")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stdout,
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+async def _start_replica(
+    settings: Settings, connect_wait: float, stop: asyncio.Event, **callbacks: Any
+) -> tuple[NATS, Any]:
+    """Connect and start a replica, retrying until ``connect_wait`` while JetStream is not ready.
+
+    A cluster that has just formed (or a stream that has just been created with 3 replicas) may
+    answer "no responders" until its leaders are elected; a supervisor would restart us anyway,
+    so retrying here only makes the log quieter and the start faster. Each attempt uses a fresh
+    connection, so nothing a failed attempt subscribed to survives it.
+
+    Raises:
+        CliError: exit 3 when NATS or JetStream is not usable in time, 4 on a provisioning mismatch.
+    """
+    from .provision import ProvisionMismatch
+    from .replica import Replica
+
+    assert settings.nats_url is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + connect_wait
+    while True:
+        nc = await connect(
+            settings.nats_url,
+            name=f"genjobs-{settings.replica_id}",
+            wait=max(1.0, deadline - loop.time()),
+            forever=True,
+            **callbacks,
+        )
+        replica = Replica(settings, nc=nc)
+        try:
+            await replica.start()
+            return nc, replica
+        except ProvisionMismatch as e:
+            await nc.close()
+            raise CliError(
+                f"{e}\nfix it with `nats stream edit`, or remove the old stream/bucket",
+                EXIT_PROVISION,
+            ) from e
+        except (TimeoutError, nats.errors.Error) as e:
+            await nc.close()
+            reason = str(e) or type(e).__name__
+            if stop.is_set() or loop.time() + 1.0 >= deadline:
+                raise CliError(f"JetStream is not usable: {reason}", EXIT_NO_NATS) from e
+            log.warning("JetStream is not ready yet (%s); retrying", reason)
+            await asyncio.sleep(1.0)
+
+
+async def _serve(settings: Settings, connect_wait: float) -> int:
+    from .api import ServiceApi
+
+    assert settings.nats_url is not None
+    stop = asyncio.Event()
+    starting = True
+    lost = False
+
+    async def on_error(e: Exception) -> None:
+        log.warning("nats: %s", e)
+
+    async def on_disconnect() -> None:
+        if not stop.is_set() and not starting:
+            log.warning("disconnected from NATS; reconnecting")
+
+    async def on_reconnect() -> None:
+        log.info("reconnected to NATS")
+
+    async def on_closed() -> None:
+        nonlocal lost
+        if not stop.is_set() and not starting:
+            lost = True
+            log.error("the NATS connection was closed; stopping")
+            stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on_signal, stop, sig)
+    nc, replica = await _start_replica(
+        settings,
+        connect_wait,
+        stop,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        closed_cb=on_closed,
+    )
+    starting = False
+    api: ServiceApi | None = None
+    try:
+        api = ServiceApi(replica)
+        await api.start()
+        if not stop.is_set():
+            print(
+                f"{READY_MARK} replica {settings.replica_id} on {redact_url(settings.nats_url)} "
+                f"(prefix {settings.prefix}; stop with Ctrl-C or SIGTERM)",
+                flush=True,
+            )
+            await stop.wait()
+        log.info("stopping: no new work; running jobs get their terminal event")
+    finally:
+        # The shutdown sequence: stop taking requests, end the jobs, flush, drain.
+        stop.set()
+        if api is not None:
+            await api.stop()
+        await replica.stop()
+        if not nc.is_closed:
+            try:
+                await asyncio.wait_for(nc.drain(), timeout=settings.shutdown_grace)
+            except (TimeoutError, nats.errors.Error) as e:
+                log.warning("draining the NATS connection failed: %s", e)
+    log.info("stopped")
+    return EXIT_NO_NATS if lost else EXIT_OK
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    if stop.is_set():
+        log.warning("%s again: already stopping (the grace period bounds it)", sig.name)
+        return
+    log.info("%s received", sig.name)
+    stop.set()
+
+
+def serve(args: argparse.Namespace) -> int:
+    from .embedded import EmbeddedServer, EmbeddedServerError
+
+    _setup_logging(args.log_level)
+    settings = settings_from(args)
+    embedded: EmbeddedServer | None = None
+    # Until the event loop takes the signals over, SIGTERM unwinds like Ctrl-C, so the embedded
+    # nats-server is never left behind.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        if not settings.nats_url:
+            embedded = EmbeddedServer(args.data_dir, port=args.port)
+            try:
+                url = embedded.start()
+            except EmbeddedServerError as e:
+                raise CliError(f"cannot start nats-server: {e}", EXIT_NO_NATS) from e
+            log.info("embedded nats-server on %s (data in %s)", url, args.data_dir)
+            settings = settings.with_(nats_url=url)
+        return run_async(lambda: _serve(settings, args.connect_wait), not args.no_uvloop)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
