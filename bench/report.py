@@ -50,7 +50,7 @@ def text(doc: dict[str, Any]) -> str:
         f"genjobs bench{' (SMOKE: tiny sizes, figures not meaningful)' if doc['smoke'] else ''}"
         f" - {doc['started']}, {doc['seconds']:.0f} s",
         f"{m['cpu']} x{m['cpus']}, load {m['load_before']} -> {m['load_after']}, "
-        f"CPU steal {m['cpu_steal_pct']} %",
+        f"CPU steal {m['cpu_steal_pct']} %, GC {m.get('gc', 'default')}",
         "",
         f"{'figure':58} {'median':>12} {'spread (min - max)':>24}  unit",
     ]
@@ -70,6 +70,14 @@ def text(doc: dict[str, Any]) -> str:
     for t in doc["targets"]:
         lines.append(f"  {t['target']:26} {t['goal']:42} {t['status']:>8}  {_target_value(t)}")
     return "\n".join(lines)
+
+
+def _gc(mode: str) -> str:
+    if mode == "tuned":
+        return (
+            "tuned (`--gc tuned`: import-time heap frozen, gen0 threshold 7,000), all systems alike"
+        )
+    return "Python's defaults"
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -93,6 +101,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f" {v['nats-server']}, nats-py {v['nats-py']}, {v['redis-server']},"
         f" redis-py {v['redis-py']}, msgspec {v['msgspec']}, uvloop {v['uvloop']}",
         f"- Redis baseline: {'skipped: ' + doc['redis']['skipped'] if doc['redis']['skipped'] else 'ran'}",
+        f"- garbage collector in every worker: {_gc(m.get('gc', 'default'))}",
         "",
         "| section | seconds | load before | load after |",
         "|---|---:|---|---|",

@@ -81,8 +81,11 @@ TIMEOUTS = {"full": 300.0, "smoke": 30.0}
 
 
 class Bench:
-    def __init__(self, plan: dict[str, dict[str, Any]], smoke: bool, work: Path) -> None:
+    def __init__(
+        self, plan: dict[str, dict[str, Any]], smoke: bool, work: Path, gc_mode: str = "default"
+    ) -> None:
         self.plan = plan
+        self.gc_mode = gc_mode
         self.smoke = smoke
         self.work = work
         self.timeout = TIMEOUTS["smoke" if smoke else "full"]
@@ -100,6 +103,7 @@ class Bench:
             "redis_url": self.redis.url if self.redis else None,
             "redis_pid": self.redis.pid if self.redis else None,
             "params": params,
+            "gc": self.gc_mode,
             **extra,
         }
         path = self.work / f"cfg-{uuid.uuid4().hex[:8]}.json"
@@ -271,6 +275,13 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, help="results dir (default bench/results, smoke: .../smoke)"
     )
     ap.add_argument("--only", help=f"comma-separated sections of {','.join(SECTIONS)}")
+    ap.add_argument(
+        "--gc",
+        choices=["default", "tuned"],
+        default="default",
+        help="garbage collector of every worker, all systems alike: Python's defaults, or "
+        "'tuned' (import-time heap frozen, gen0 threshold 7,000; see bench/README.md)",
+    )
     args = ap.parse_args(argv)
     only = args.only.split(",") if args.only else list(SECTIONS)
     unknown = set(only) - set(SECTIONS)
@@ -283,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: load average {load0} - other work is running; figures will be noisier")
     guard = Guard(deadline=1800 if not args.smoke else 120)
     with tempfile.TemporaryDirectory(prefix="genjobs-bench-") as work:
-        bench = Bench(plan, args.smoke, Path(work))
+        bench = Bench(plan, args.smoke, Path(work), args.gc)
         try:
             bench.nats.start()
             guard.watch(bench.nats.pid)
@@ -313,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_before": load0,
             "load_after": loadavg(),
             "cpu_steal_pct": round(steal, 1),
+            "gc": args.gc,
         },
         "plan": plan,
         "redis": {"skipped": bench.redis_reason},

@@ -8,6 +8,7 @@ The child dies with the bench (``PR_SET_PDEATHSIG``); its result is a JSON file.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import logging
@@ -43,11 +44,27 @@ def _task(name: str) -> Callable[[dict[str, Any]], Coroutine[Any, Any, dict[str,
     return fn
 
 
+GC_TUNED_THRESHOLD = (7000, 10, 10)
+
+
+def tune_gc() -> None:
+    """``--gc tuned``: what a long-running asyncio service commonly does, applied to every
+    system alike. The heap loaded at import is frozen (never scanned again) and gen0 collects
+    after 7,000 net allocations instead of 700: with hundreds of jobs in flight, more than 700
+    container objects are alive between two loop passes, so at 700 gen0 runs ~150 times a
+    second and promotes them, which triggers full collections (~30 ms pauses here)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_TUNED_THRESHOLD)
+
+
 def main(argv: list[str]) -> int:
     die_with_parent()
     name, cfg_path, out_path = argv
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     cfg = json.loads(Path(cfg_path).read_text())
+    if cfg.get("gc") == "tuned":
+        tune_gc()
     try:
         result: dict[str, Any] = uvloop.run(_task(name)(cfg))
     except Exception as e:

@@ -324,8 +324,7 @@ class _Feed:
         self.local = False  # fed by the job's actor in this process (service/localtap.py)
 
     def on_local(self, seq: int, prev: int, kind: str, index: int, data: bytes) -> None:
-        h = {"Genjobs-Kind": kind, "Genjobs-Index": str(index)}
-        item = (_make_event(seq, h, data), prev)
+        item = (ReadEvent(seq, index, kind, data), prev)
         for reader in self.readers:
             reader._on_live(item)
 
