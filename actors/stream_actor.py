@@ -475,20 +475,30 @@ class StreamActor:
         try:
             async with asyncio.timeout(10):
                 self._pending.clear()
-                # The cursor may be stale (an ambiguous publish may have landed): re-read the
-                # subject's tail so the terminal event is fenced on what is really there.
-                tail = await self.port.subject_last(self.job_id)
-                if tail is not None:
-                    seq, headers = tail
-                    if headers.get("Genjobs-Writer") != self.port.replica_id:
-                        raise OwnershipLost(self.job_id, "another writer appended")
-                    if headers.get("Genjobs-Kind") in ("final", "error"):
+                for attempt in range(3):
+                    # The cursor may be stale (an ambiguous publish may have landed): re-read
+                    # the subject's tail so the terminal event is fenced on what is really there.
+                    tail = await self.port.subject_last(self.job_id)
+                    if tail is not None:
+                        seq, headers = tail
+                        if headers.get("Genjobs-Writer") != self.port.replica_id:
+                            raise OwnershipLost(self.job_id, "another writer appended")
+                        if headers.get("Genjobs-Kind") in ("final", "error"):
+                            return
+                        self._last_seq = seq
+                        index = int(headers.get("Genjobs-Index", self._next_index - 1))
+                        self._next_index = index + 1
+                    fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+                    message = str(err) if isinstance(err, StoreFailed) else f"internal error: {err}"
+                    try:
+                        await self._do_finish(Finish("error", fut, message=message))
                         return
-                    self._last_seq = seq
-                    self._next_index = int(headers.get("Genjobs-Index", self._next_index - 1)) + 1
-                fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-                message = str(err) if isinstance(err, StoreFailed) else f"internal error: {err}"
-                await self._do_finish(Finish("error", fut, message=message))
+                    except OwnershipLost:
+                        # A given-up publish of ours can still land after the tail was read
+                        # (its copies were on the wire): read the tail again, which tells our
+                        # own event from another writer's.
+                        if attempt == 2:
+                            raise
         except (GenjobsError, TimeoutError) as e2:
             # The janitor sweeps running records owned here without an actor, and retries.
             log.error("job %s: could not write its terminal error: %s", self.job_id, e2)

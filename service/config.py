@@ -44,7 +44,13 @@ class Settings:
     inbox_size: int = 1024
     """Bounded actor inbox: a producer faster than JetStream waits here (backpressure)."""
     publish_timeout: float = 5.0
+    """Wait for one publish ack; past it the publish is retried (ambiguous: the fence resolves it)."""
     publish_retries: int = 5
+    """Retries a failing publish gets at least, even when the outage budget is spent sooner."""
+    publish_outage_budget: float = 30.0
+    """How long a job rides out an unavailable event stream (leader election, lost quorum,
+    reconnect): its publish keeps retrying and its producers wait (backpressure); past this,
+    counted from the first failed attempt, the job fails with a terminal error."""
     snapshot_interval: float = 2.0
     """How often a running job writes its resume snapshot to KV (fallback when the owner is gone)."""
     reader_queue: int = 10_000

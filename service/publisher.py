@@ -11,6 +11,13 @@ retried after an ambiguous failure (timeout, reconnect) either succeeds (the fir
 landed) or is refused with "wrong last sequence: N" — then the message at N is read back and
 compared by its ``Genjobs-Index`` and ``Genjobs-Writer`` headers: ours means it was stored (we
 take N), anything else means another writer fenced us out (a takeover writes the same index). No server memory grows per event.
+
+Outages: a stream-leader election, a lost quorum or a reconnect shows up as 503 "no
+responders", as acks that never come, or as a read-back that cannot be answered. None of them
+is a reason to fail a job at once: the publish keeps retrying (backing off, so a 503 does not
+burn its attempts in milliseconds) until the *outage budget* — seconds since its first failed
+attempt, ``Settings.publish_outage_budget`` — is spent; meanwhile the actor's inbox fills and
+producers wait (backpressure). Only then is :class:`StoreFailed` raised and the job fails loudly.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 from typing import Any
 
 import msgspec
@@ -32,6 +40,16 @@ log = logging.getLogger("genjobs.publisher")
 HDR_EXPECTED_LAST_SUBJ_SEQ = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST_SEQUENCE = 10071
 MAX_PER_SUBJECT = 10077  # "maximum messages per subject exceeded"
+CLUSTER_NOT_AVAILABLE = 10008  # "JetStream system temporarily unavailable"
+_IDENTITY = ("Genjobs-Index", "Genjobs-Writer", "Genjobs-Kind")
+"""Headers that tell our stored retry from another event at the same index. The kind counts
+too: an event given up after the outage budget may still land later (its copies were on the
+wire), and the terminal error written next at the same index by the same writer must not be
+taken for it."""
+_WRONG_LAST_RE = re.compile(r"wrong last sequence: (\d+)")
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 1.0
+"""Pause between attempts that failed fast (503, read-back unanswered): 0.1 s doubling to 1 s."""
 
 
 class _ApiError(msgspec.Struct):
@@ -55,20 +73,32 @@ class PublishTimeout(Exception):
 
 
 class PublishRejected(Exception):
-    """The server refused the message; ``err_code`` is JetStream's error code."""
+    """The server refused the message; ``err_code`` is JetStream's error code, ``code`` its
+    HTTP-like status (503: the stream is unavailable right now)."""
 
-    def __init__(self, err_code: int, description: str) -> None:
+    def __init__(self, err_code: int, description: str, code: int = 0) -> None:
         super().__init__(f"{description} (err_code={err_code})")
         self.err_code = err_code
         self.description = description
+        self.code = code
+
+    @property
+    def transient(self) -> bool:
+        """No responders, or the cluster temporarily unavailable: the same publish may succeed
+        after an election. (Status 503 alone is not enough: JetStream also answers 503 to a
+        full subject, err_code 10077, which no retry fixes.)"""
+        return self.err_code in (503, CLUSTER_NOT_AVAILABLE)
 
 
 class FencedPublisher:
     """Publishes with acks over one wildcard inbox subscription. One per connection."""
 
-    def __init__(self, nc: NATS, *, timeout: float = 5.0) -> None:
+    def __init__(self, nc: NATS, *, timeout: float = 5.0, outage_budget: float = 30.0) -> None:
         self._nc = nc
         self._timeout = timeout
+        self._outage_budget = outage_budget
+        self.outage_retries = 0
+        """Attempts retried because of an outage (timeouts, 503, unanswered read-backs)."""
         self._prefix = nc.new_inbox()
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[_PubAck]] = {}
@@ -97,7 +127,7 @@ class FencedPublisher:
             return  # a late ack for a publish that already timed out; the retry resolves it
         if not msg.data and msg.headers and msg.headers.get("Status") == "503":
             fut.set_exception(
-                PublishRejected(503, "no responders: the event stream is unavailable")
+                PublishRejected(503, "no responders: the event stream is unavailable", 503)
             )
             return
         try:
@@ -131,7 +161,7 @@ class FencedPublisher:
             timer.cancel()
             self._pending.pop(token, None)
         if ack.error is not None:
-            raise PublishRejected(ack.error.err_code, ack.error.description)
+            raise PublishRejected(ack.error.err_code, ack.error.description, ack.error.code)
         return ack.seq
 
     async def publish_fenced(
@@ -150,46 +180,98 @@ class FencedPublisher:
         ``headers`` must carry ``Genjobs-Index`` and ``Genjobs-Writer``; together they are how a
         stored retry is told apart from another writer's event at the same index.
 
+        Outages (timeouts, 503, a read-back nobody answers) are retried until the outage budget
+        is spent, counted from the first failed attempt, and at least ``retries`` times.
+
         Raises:
             OwnershipLost: another writer appended to the subject (we were fenced out).
-            StoreFailed: the server refused the event, or it could not be stored after retries.
+            StoreFailed: the server refused the event, or the outage outlasted the budget.
         """
+        loop = asyncio.get_running_loop()
         h = dict(headers)
         h[HDR_EXPECTED_LAST_SUBJ_SEQ] = str(expected_last)
-        last_error: Exception | None = None
-        for attempt in range(retries + 1):
+        first_failure: float | None = None
+        backoff = BACKOFF_FIRST
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return await self.publish_once(subject, payload, dict(h))
             except PublishTimeout as e:
-                last_error = e
-                log.warning("publish to %s timed out (attempt %d), retrying", subject, attempt + 1)
-                continue
+                error: Exception = e
+                pause = 0.0  # the attempt itself already waited ``timeout``
             except PublishRejected as e:
                 if e.err_code == WRONG_LAST_SEQUENCE:
-                    seq = await self._stored_by_us(stream, subject, h)
-                    if seq is not None:
-                        return seq
-                    raise OwnershipLost(subject, f"another writer appended: {e.description}") from e
-                if e.err_code == 503:
-                    # No responders: a leader election or a restart. Back off instead of
-                    # burning the retries in milliseconds (about 6 s over 5 retries).
-                    last_error = e
-                    await asyncio.sleep(min(0.2 * 2**attempt, 3.0))
-                    continue
-                raise StoreFailed(f"event {index} on {subject} refused: {e.description}") from e
-        raise StoreFailed(
-            f"event {index} on {subject} not stored after {retries + 1} attempts: {last_error}"
-        ) from last_error
+                    try:
+                        seq = await self._stored_by_us(stream, subject, h, e.description)
+                    except _ReadBackUnavailable as unavailable:
+                        error, pause = unavailable, backoff
+                    else:
+                        if seq is not None:
+                            return seq
+                        raise OwnershipLost(
+                            subject, f"another writer appended: {e.description}"
+                        ) from e
+                elif e.transient:
+                    error, pause = e, backoff
+                else:
+                    raise StoreFailed(f"event {index} on {subject} refused: {e.description}") from e
+            now = loop.time()
+            if first_failure is None:
+                first_failure = now - (self._timeout if isinstance(error, PublishTimeout) else 0)
+            spent = now - first_failure
+            if spent >= self._outage_budget and attempt > retries:
+                raise StoreFailed(
+                    f"event {index} on {subject} not stored: the event stream was unavailable "
+                    f"for {spent:.1f} s (outage budget {self._outage_budget:g} s, "
+                    f"{attempt} attempts): {error}"
+                ) from error
+            self.outage_retries += 1
+            log.warning(
+                "publish of event %d to %s failed (attempt %d, %.1f s into the outage): %s; "
+                "retrying",
+                index,
+                subject,
+                attempt,
+                spent,
+                error,
+            )
+            if pause:
+                await asyncio.sleep(min(pause, max(0.0, self._outage_budget - spent) + 0.01))
+                backoff = min(backoff * 2, BACKOFF_MAX)
 
-    async def _stored_by_us(self, stream: str, subject: str, sent: dict[str, str]) -> int | None:
-        """After "wrong last sequence": is the subject's last message the one we sent?"""
-        msg = await direct_get_last(self._nc, stream, subject, timeout=self._timeout)
-        if msg is None:
-            return None
+    async def _stored_by_us(
+        self, stream: str, subject: str, sent: dict[str, str], refusal: str
+    ) -> int | None:
+        """After "wrong last sequence: N": is the subject's last message the one we sent?
+
+        The read-back is a Direct Get, which any replica of the stream may answer; one that has
+        not yet applied message N answers with an older one, which proves nothing either way.
+
+        Raises:
+            _ReadBackUnavailable: nobody answered, or the answer is older than N.
+        """
+        try:
+            msg = await direct_get_last(self._nc, stream, subject, timeout=self._timeout)
+        except StoreFailed as e:
+            raise _ReadBackUnavailable(f"read-back after {refusal!r}: {e}") from e
+        m = _WRONG_LAST_RE.search(refusal)
+        at_least = int(m.group(1)) if m else 0
+        if msg is None and at_least == 0:
+            return None  # the subject is empty, as the leader said: not ours
+        if msg is None or msg[0] < at_least:
+            got = "nothing" if msg is None else f"seq {msg[0]}"
+            raise _ReadBackUnavailable(
+                f"read-back after {refusal!r} answered {got}: a replica behind the leader"
+            )
         seq, headers = msg
-        if all(headers.get(k) == sent.get(k) for k in ("Genjobs-Index", "Genjobs-Writer")):
+        if all(headers.get(k) == sent.get(k) for k in _IDENTITY if k in sent):
             return seq
         return None
+
+
+class _ReadBackUnavailable(Exception):
+    """The read-back that resolves an ambiguous retry could not be answered (yet)."""
 
 
 async def direct_get_last(

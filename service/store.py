@@ -51,7 +51,9 @@ class Store:
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout)
         self.s = settings
         self.replica_id = settings.replica_id
-        self.publisher = FencedPublisher(nc, timeout=settings.publish_timeout)
+        self.publisher = FencedPublisher(
+            nc, timeout=settings.publish_timeout, outage_budget=settings.publish_outage_budget
+        )
         self.tap = tap_for(nc)
         self.jobs: KeyValue
         self.users: KeyValue
