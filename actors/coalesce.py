@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["coalesce", "try_merge"]
+__all__ = ["PlainRun", "coalesce", "try_merge"]
 
 _MERGEABLE = frozenset({"on_message_delta", "on_reasoning_delta"})
 
@@ -164,3 +164,84 @@ def _close_run(out: list[dict[str, Any]], run: list[list[dict[str, Any]]]) -> No
             "event": first["event"],
             "data": {"id": first["data"]["id"], "delta": {"content": _fuse(run)}},
         }
+
+
+class PlainRun:
+    """A run of *simple* deltas of one step kept as strings until it is published.
+
+    The common case under load is a stream of single-part plain deltas (rule 3) of one step:
+    ``{"event": <delta>, "data": {"id": <str>, "delta": {"content": <one plain part or a list
+    of one>}}}``. Folding each with :func:`try_merge` re-validates and rebuilds the whole
+    pending event per token; this keeps the first event untouched plus the strings, and
+    :meth:`event` builds exactly what successive :func:`try_merge` calls would have built
+    (same keys, same order). Anything else is left to :func:`try_merge`.
+    """
+
+    __slots__ = ("_field", "_first", "_key", "_part", "pieces")
+
+    def __init__(
+        self, first: dict[str, Any], part: dict[str, Any], key: tuple[Any, ...], text: str
+    ) -> None:
+        self._first = first
+        self._part = part
+        self._field: str = part["type"]
+        self._key = key
+        self.pieces = [text]
+
+    @classmethod
+    def start(cls, event: dict[str, Any]) -> PlainRun | None:
+        """A run holding ``event`` when it is a simple delta, else None."""
+        simple = _simple(event)
+        return None if simple is None else cls(event, *simple)
+
+    def add(self, event: dict[str, Any]) -> bool:
+        """Append ``event``'s text when it is a simple delta joinable to the run's."""
+        simple = _simple(event)
+        if simple is None or simple[1] != self._key:
+            return False
+        self.pieces.append(simple[2])
+        return True
+
+    def event(self) -> dict[str, Any]:
+        """The run as one event: the first event itself if nothing was added, else a new one."""
+        if len(self.pieces) == 1:
+            return self._first
+        part = dict(self._part)
+        part[self._field] = "".join(self.pieces)
+        merged = dict(self._first)
+        merged["data"] = {"id": self._key[1], "delta": {"content": [part]}}
+        return merged
+
+
+def _simple(event: dict[str, Any]) -> tuple[dict[str, Any], tuple[Any, ...], str] | None:
+    """(its part, run key, text) when ``event`` is a single-part plain delta (rules 1-3)."""
+    if type(event) is not dict or len(event) != 2:
+        return None
+    name = event.get("event")
+    data = event.get("data")
+    if name not in _MERGEABLE or type(data) is not dict or len(data) != 2:
+        return None
+    step_id = data.get("id")
+    delta = data.get("delta")
+    if type(step_id) is not str or type(delta) is not dict or len(delta) != 1:
+        return None
+    part = delta.get("content")
+    if type(part) is list:
+        if len(part) != 1:
+            return None
+        part = part[0]
+    if type(part) is not dict:
+        return None
+    field = part.get("type")
+    if field != "text" and field != "think":
+        return None
+    text = part.get(field)
+    if type(text) is not str:
+        return None
+    if len(part) == 2:
+        index = None
+    elif len(part) == 3 and type(part.get("index")) is int:
+        index = part["index"]
+    else:
+        return None
+    return part, (name, step_id, field, index), text

@@ -28,7 +28,7 @@ from schemas.job import METADATA_FIELDS, JobRecord, JobStatus, record_to_dict
 
 from .abort import build_abort_final, parse_text
 from .aggregator import ContentAggregator
-from .coalesce import try_merge
+from .coalesce import PlainRun, try_merge
 from .inbox import Inbox, InboxClosed
 from .messages import (
     Command,
@@ -63,6 +63,16 @@ class _Out:
     kind: str
     count: int = 1
     owned: bool = False  # True once we copied the producer's dict (before mutating it)
+    run: PlainRun | None = None  # merges kept as strings; ``event`` is built when published
+    checked: bool = False  # whether a run was tried for ``event`` already
+
+
+def _settle(out: _Out) -> None:
+    """Build the event of a pending run of plain deltas (its own object once merged)."""
+    run, out.run = out.run, None
+    if run is not None and len(run.pieces) > 1:
+        out.event = run.event()
+        out.owned = True
 
 
 @dataclass
@@ -279,18 +289,30 @@ class StreamActor:
         self.stats.produced += 1
         if self._pending:
             tail = self._pending[-1]
-            if tail.kind == "step" and e.kind == "step":
-                if not tail.owned:
-                    tail.event = _decode(_encode(tail.event))
-                    tail.owned = True
-                if try_merge(tail.event, e.event):
-                    tail.count += 1
-                    self.stats.merged += 1
-                    return
+            if tail.kind == "step" and e.kind == "step" and self._merge(tail, e.event):
+                tail.count += 1
+                self.stats.merged += 1
+                return
         self._pending.append(_Out(e.event, e.kind))
+
+    @staticmethod
+    def _merge(tail: _Out, event: dict[str, Any]) -> bool:
+        """Fold ``event`` into the pending ``tail`` (see actors/coalesce.py)."""
+        if not tail.checked:
+            tail.checked = True
+            tail.run = PlainRun.start(tail.event)
+        if tail.run is not None:
+            if tail.run.add(event):
+                return True
+            _settle(tail)  # not a plain continuation: the general rules decide
+        if not tail.owned:
+            tail.event = _decode(_encode(tail.event))
+            tail.owned = True
+        return try_merge(tail.event, event)
 
     async def _publish_head(self) -> None:
         out = self._pending[0]
+        _settle(out)
         index = self._next_index
         if index >= self.max_events - 1:
             raise StoreFailed(
