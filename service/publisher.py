@@ -26,9 +26,12 @@ import asyncio
 import itertools
 import logging
 import re
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import msgspec
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -272,6 +275,48 @@ class FencedPublisher:
 
 class _ReadBackUnavailable(Exception):
     """The read-back that resolves an ambiguous retry could not be answered (yet)."""
+
+
+T = TypeVar("T")
+
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
+"""What a JetStream request (a KV write) raises while its stream elects a leader or lost its
+quorum, or while the connection is reconnecting: worth retrying within the outage budget."""
+
+
+async def ride_out(op: Callable[[], Awaitable[T]], *, budget: float, what: str) -> T:
+    """``op()`` retried with backoff through transient NATS errors until ``budget`` seconds
+    have passed since the first failure — the KV writes of a job's lifecycle get the same
+    outage budget as its events. ``op`` must be safe to repeat (a put, a purge, or a CAS whose
+    landed retry the caller resolves from the Conflict it then raises).
+
+    Raises:
+        StoreFailed: still failing when the budget was spent.
+    """
+    loop = asyncio.get_running_loop()
+    first_failure: float | None = None
+    backoff = BACKOFF_FIRST
+    while True:
+        try:
+            return await op()
+        except TRANSIENT_ERRORS as e:
+            now = loop.time()
+            if first_failure is None:
+                first_failure = now
+            spent = now - first_failure
+            if spent >= budget:
+                raise StoreFailed(
+                    f"{what}: NATS unavailable for {spent:.1f} s (outage budget {budget:g} s): "
+                    f"{e!r}"
+                ) from e
+            log.warning("%s failed (%.1f s into the outage): %r; retrying", what, spent, e)
+            await asyncio.sleep(min(backoff, budget - spent + 0.01))
+            backoff = min(backoff * 2, BACKOFF_MAX)
 
 
 async def direct_get_last(

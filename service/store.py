@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -28,7 +29,9 @@ from schemas.job import JobRecord, decode_record, encode_record
 
 from .config import Settings
 from .localtap import tap_for
-from .publisher import FencedPublisher, direct_get_last
+from .publisher import FencedPublisher, direct_get_last, ride_out
+
+T = TypeVar("T")
 
 log = logging.getLogger("genjobs.store")
 
@@ -160,10 +163,22 @@ class Store:
         data = encode_record(rec)
         if ttl is None:
             try:
-                return int(await self.jobs.update(rec.stream_id, data, last=rev))
+                return int(
+                    await self._ride_out(
+                        f"record of {rec.stream_id}",
+                        lambda: self.jobs.update(rec.stream_id, data, last=rev),
+                    )
+                )
             except KeyWrongLastSequenceError as e:
                 raise Conflict(f"job {rec.stream_id} changed (revision {rev})", revision=rev) from e
-        return await self._cas_with_ttl(self.s.jobs_bucket, rec.stream_id, data, rev, ttl)
+        return await self._ride_out(
+            f"record of {rec.stream_id}",
+            lambda: self._cas_with_ttl(self.s.jobs_bucket, rec.stream_id, data, rev, ttl),
+        )
+
+    async def _ride_out(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """A KV write of a job's lifecycle, retried through an outage like its events."""
+        return await ride_out(op, budget=self.s.publish_outage_budget, what=what)
 
     async def _cas_with_ttl(self, bucket: str, key: str, data: bytes, rev: int, ttl: float) -> int:
         # kv.update carries no TTL; a raw publish with the CAS header does (NATS-NOTES).
@@ -187,12 +202,15 @@ class Store:
 
     async def add_user_index(self, rec: JobRecord) -> None:
         key = self.user_key(rec.user_id, rec.stream_id, rec.tenant_id)
-        await self.users.put(key, _enc.encode({"createdAt": rec.created_at}))
+        value = _enc.encode({"createdAt": rec.created_at})
+        await self._ride_out(f"user index of {rec.stream_id}", lambda: self.users.put(key, value))
 
     async def remove_user_index(self, user_id: str, job_id: str, tenant_id: str | None) -> None:
         # A purge marker with a TTL: the tombstone itself goes away, nothing accumulates.
-        await self.users.purge(
-            self.user_key(user_id, job_id, tenant_id), msg_ttl=_ttl(self.s.completed_ttl)
+        key = self.user_key(user_id, job_id, tenant_id)
+        await self._ride_out(
+            f"user index of {job_id}",
+            lambda: self.users.purge(key, msg_ttl=_ttl(self.s.completed_ttl)),
         )
 
     async def list_user_jobs(self, user_id: str, tenant_id: str | None) -> list[str]:
@@ -331,7 +349,9 @@ class Store:
                 "due": due,
             }
         )
-        await self.js.publish(f"{self.s.prefix}.cleanup.{rec.stream_id}", body)
+        subject = f"{self.s.prefix}.cleanup.{rec.stream_id}"
+        # Repeating it is harmless: a second cleanup message purges an already purged log.
+        await self._ride_out(f"cleanup of {rec.stream_id}", lambda: self.js.publish(subject, body))
 
     # --- replicas -------------------------------------------------------------------------
 
