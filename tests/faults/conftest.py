@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import time
 import uuid
@@ -149,6 +150,29 @@ class Cluster:
                     return
                 except (APIError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
                     await asyncio.sleep(0.2)  # no event exists for "meta leader elected"
+
+
+def _stopped(pid: int) -> bool:
+    """Every thread of ``pid`` is in the stopped state (``T`` in /proc/<pid>/task/*/stat)."""
+    tasks = Path(f"/proc/{pid}/task")
+    states = []
+    for t in tasks.iterdir():
+        stat = (t / "stat").read_text()
+        states.append(stat[stat.rindex(")") + 2])
+    return all(st == "T" for st in states)
+
+
+async def freeze(pid: int, timeout: float = 10.0) -> None:
+    """SIGSTOP ``pid`` and return once all its threads are stopped: a signal is delivered
+    asynchronously, and a server thread already running could still answer meanwhile."""
+    os.kill(pid, signal.SIGSTOP)
+    async with asyncio.timeout(timeout):
+        while not _stopped(pid):  # noqa: ASYNC110 - the kernel offers no event for "stopped"
+            await asyncio.sleep(0.005)
+
+
+def thaw(pid: int) -> None:
+    os.kill(pid, signal.SIGCONT)
 
 
 async def stream_leader(nc: NATS, stream: str) -> str:

@@ -38,6 +38,7 @@ _ENV_FIELDS = (
     "heartbeat_interval",
     "snapshot_interval",
     "publish_timeout",
+    "publish_outage_budget",
     "request_timeout",
     "shutdown_grace",
 )

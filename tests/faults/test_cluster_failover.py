@@ -10,6 +10,7 @@ duplicate, every job completes; the stall (how long producers and readers waited
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from service.reader import LiveHub
 from service.replica import Replica
 
 from ..helpers import aggregate
-from .conftest import Cluster, Figures, fault_settings, stream_leader
+from .conftest import Cluster, Figures, fault_settings, freeze, stream_leader, thaw
 from .workload import (
     Clock,
     Follower,
@@ -45,26 +46,21 @@ class Failover:
     kills: int
     pace: float
     timeout: float
+    freeze: float = 0.0
+    """Seconds a second node stays frozen (SIGSTOP) after the kill: no quorum, no leader."""
     seed: int = 3
 
 
 CASES = [
-    pytest.param(
-        Failover(8, 2, 150, 1, 0.02, 80),
-        id="short",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG B+C+D (docs/reliability.md): during the leader election publish_fenced "
-            "burns its retries on 503 in milliseconds (service/publisher.py), and a KV write "
-            "failing kills the replica's TaskGroup (heartbeat) or the job (snapshot)",
-        ),
-    ),
+    pytest.param(Failover(8, 2, 150, 1, 0.02, 80), id="short"),
     pytest.param(
         Failover(60, 3, 600, 3, 0.02, 400),
         id="long",
         marks=[pytest.mark.slow, pytest.mark.timeout(600)],
     ),
 ]
+
+QUORUM_LOST = Failover(8, 2, 150, 1, 0.02, 80, freeze=8.0)
 
 
 async def wait_new_leader(nc: NATS, stream: str, old: str) -> str:
@@ -81,6 +77,31 @@ async def wait_new_leader(nc: NATS, stream: str, old: str) -> str:
 
 @pytest.mark.parametrize("case", CASES)
 async def test_stream_leader_kill9_loses_nothing_and_reports_the_stall(
+    nats_cluster: Cluster, cluster_nc: NATS, figures: Figures, case: Failover
+) -> None:
+    await failover_run(nats_cluster, cluster_nc, figures, case)
+
+
+# One loop: the outage is a fixed 8 s whatever the loop (the slowest short case), and the
+# loop-specific paths (reconnect, election, retries) are covered by the case above under both.
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+# nats-py leaks a socket when a reconnect attempt reaches the frozen server: TCP connects, INFO
+# never comes, and the timed-out transport is dropped unclosed (Client._attempt_reconnect).
+# Not ours; the leaked objects are collected (and so reported) inside this test.
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <(function (StreamWriter|_SelectorTransport)"
+    "[.]__del__|socket[.]socket):pytest.PytestUnraisableExceptionWarning"
+)
+async def test_quorum_lost_8s_after_leader_kill_jobs_ride_it_out(
+    nats_cluster: Cluster, cluster_nc: NATS, figures: Figures
+) -> None:
+    """The leader is killed and a second node frozen (SIGSTOP) for 8 s: no quorum, no stream
+    leader, no KV leader. Jobs wait (their publishes retry within ``publish_outage_budget``,
+    producers feel backpressure) and then finish exactly; readers see errors and resume by seq."""
+    await failover_run(nats_cluster, cluster_nc, figures, QUORUM_LOST)
+
+
+async def failover_run(
     nats_cluster: Cluster, cluster_nc: NATS, figures: Figures, case: Failover
 ) -> None:
     rng = random.Random(case.seed)
@@ -136,6 +157,14 @@ async def test_stream_leader_kill9_loses_nothing_and_reports_the_stall(
             t0 = clock()
             await asyncio.to_thread(node.kill)
             killed.append(leader)
+            if case.freeze:
+                frozen = next(n for n in nats_cluster.nodes if n.alive and n.name != leader)
+                assert frozen.pid is not None
+                await freeze(frozen.pid)  # the survivors have no quorum
+                try:
+                    await asyncio.sleep(case.freeze)  # the fault's duration
+                finally:
+                    thaw(frozen.pid)
             leader = await wait_new_leader(cluster_nc, s.stream_name, leader)
             elections.append(clock() - t0)
             if k + 1 < len(kill_at):
@@ -174,6 +203,7 @@ async def test_stream_leader_kill9_loses_nothing_and_reports_the_stall(
             jobs=case.jobs,
             readers=len(followers),
             leader_kills=len(killed),
+            frozen_s=case.freeze,
             first_leader=first_leader,
             election_max_s=max(elections),
             events_produced=sum(p.emitted for p in producers),
@@ -184,6 +214,9 @@ async def test_stream_leader_kill9_loses_nothing_and_reports_the_stall(
             duplicated=dups,
             max_producer_stall_s=max(p.max_flush_s for p in producers),
             max_reader_stall_s=max(f.max_stall for f in followers),
+            reader_outage_errors=sum(f.outage_errors for f in followers),
+            publish_retries=replica.store.publisher.outage_retries,
+            outage_budget_s=s.publish_outage_budget,
             replica_reconnects=replica.nc.stats["reconnects"],
             run_s=run_s,
         )
@@ -196,6 +229,10 @@ async def test_stream_leader_kill9_loses_nothing_and_reports_the_stall(
                 await replica.kill()
             except* Exception:  # its supervisor's own failure, already reported by the watchdog
                 pass
+        if case.freeze:
+            gc.collect()  # nats-py's leaked sockets (see CASES) are reported here, not later
     assert lost == 0
     assert dups == 0
     assert replica.nc.stats["reconnects"] >= 1  # its own server died under it
+    # Every job rode the outage out: nobody waited longer than the budget allows.
+    assert max(p.max_flush_s for p in producers) < s.publish_outage_budget + s.publish_timeout

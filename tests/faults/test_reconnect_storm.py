@@ -9,9 +9,7 @@ of its job exactly once, in order, and with the job's full content.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
 import time
 from dataclasses import dataclass
 
@@ -26,7 +24,7 @@ from service.provision import provision
 from service.reader import HubClosed, LiveHub
 
 from ..helpers import aggregate, running_replica, wait_for
-from .conftest import Figures, Node, fault_settings
+from .conftest import Figures, Node, fault_settings, freeze, thaw
 from .workload import (
     Clock,
     Follower,
@@ -216,7 +214,7 @@ async def test_gateway_closing_under_a_replaying_reader_ends_it_at_once(
     async with hub.subscribe("cut") as reader:
         assert (await anext(reader)).index == 0
         assert nats_node.pid is not None
-        os.kill(nats_node.pid, signal.SIGSTOP)  # a frozen server: requests go unanswered
+        await freeze(nats_node.pid)  # a frozen server: requests go unanswered
         pending = asyncio.create_task(anext(reader))
         hub.on_reconnected()  # as after a reconnect: the reader re-reads from its cursor
 
@@ -233,6 +231,6 @@ async def test_gateway_closing_under_a_replaying_reader_ends_it_at_once(
                 await pending
             ended_after = time.monotonic() - t0
         finally:
-            os.kill(nats_node.pid, signal.SIGCONT)
+            thaw(nats_node.pid)
     figures.update(ended_after_s=ended_after, request_timeout_s=s.request_timeout)
     assert ended_after < 1.0

@@ -20,7 +20,7 @@ from nats.errors import ConnectionClosedError
 
 from schemas.errors import JobEnded
 from service import simulate as sim
-from service.directget import ReplayTimeout
+from service.directget import DirectGetError, ReplayTimeout
 from service.producer import EmitResult, JobHandle
 from service.reader import LiveHub, ReaderError, ReadEvent, read_all
 from service.replica import Replica
@@ -140,6 +140,10 @@ class Follower:
     resumes: int = 0
     forced: int = 0
     cut_timeouts: int = 0
+    outage_errors: int = 0
+    """Reads that failed because the stream did not answer (no leader, no quorum): the client
+    resumes by seq after ``retry_after``, as a browser behind an SSE gateway would."""
+    retry_after: float = 0.5
     max_stall: float = 0.0
     """Longest wait for the next event, across drops and resumes."""
     max_resume_stall: float = 0.0
@@ -176,13 +180,21 @@ class Follower:
                             break  # drop off; resume by seq
             except (ReaderError, ConnectionClosedError):  # the gateway went away under us
                 self.forced += 1
-            except ReplayTimeout:
-                if not hub._closed:
+            except (ReplayTimeout, DirectGetError) as e:
+                if hub._closed:
+                    # A replay request in flight when the gateway closed; the reader resumes
+                    # elsewhere all the same.
+                    self.forced += 1
+                    self.cut_timeouts += 1
+                elif isinstance(e, ReplayTimeout) or e.status == "503":
+                    # The stream is unavailable (an election, a lost quorum): the reader API
+                    # reports it (ReplayTimeout after 3 unanswered requests; a Direct Get
+                    # answered 503 "no responders") and the client comes back by seq.
+                    self.forced += 1
+                    self.outage_errors += 1
+                    await asyncio.sleep(self.retry_after)  # the client's retry backoff
+                else:
                     raise
-                # A replay request in flight when the gateway closed: it times out (see
-                # docs/reliability.md); the reader resumes elsewhere all the same.
-                self.forced += 1
-                self.cut_timeouts += 1
             if self.terminal is None:
                 self.resumes += 1
                 left_at = loop.time()
