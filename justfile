@@ -40,6 +40,7 @@ bench-deps:
     command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
     {{py}} -m pip install -q -e '.[bench]'
 
-# Fault-injection tests (kill -9, restarts, cluster failover), short and long variants.
-chaos:
-    GENJOBS_FAULTS=1 {{py}} -m pytest -m "" tests/faults
+# Long fault-injection variants (kill -9, restarts, cluster failover; the short ones run in
+# `just test`). Figures go to the terminal and, as JSON lines, to $GENJOBS_FAULTS_REPORT if set.
+chaos *ARGS:
+    {{py}} -m pytest -m slow tests/faults {{ARGS}}
