@@ -497,6 +497,10 @@ class LiveHub:
         subject = self._s.events_subject(job_id)
         timeouts = 0
         while True:
+            if self._closed:
+                # close() fails only the requests already out; one sent now, on a connection
+                # that is closing, would be waited out for request_timeout.
+                raise HubClosed("hub closed", "", 0)  # re-raised per reader
             try:
                 return await self._dg.get_batch(
                     self._s.stream_name,
@@ -515,6 +519,8 @@ class LiveHub:
                 log.warning("replay of job %s timed out, retrying: %s", job_id, e)
 
     async def _last_msg(self, job_id: str) -> StoredMsg | None:
+        if self._closed:  # as in _fetch
+            raise HubClosed("hub closed", "", 0)
         subject = self._s.events_subject(job_id)
         return await self._dg.last_msg(
             self._s.stream_name, subject, self._s.request_timeout, owner=self
