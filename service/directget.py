@@ -138,6 +138,11 @@ class StoredMsg:
         self._headers = headers
 
     @property
+    def raw_headers(self) -> bytes:
+        """The header block as received (empty when the message came parsed by nats-py)."""
+        return self._raw
+
+    @property
     def headers(self) -> dict[str, str]:
         if self._headers is None:
             self._headers = parse_headers(self._raw) if self._raw else {}

@@ -90,8 +90,19 @@ def _make_event(seq: int, headers: dict[str, str], data: bytes) -> ReadEvent:
     return ReadEvent(seq, int(index) if index.isdigit() else -1, kind, data)
 
 
+# Genjobs stores its own headers first, kind then index (service/store.py), so one match at
+# the start of the raw header block reads both; any other layout takes the general path.
+_LEADING_RE: Final = re.compile(
+    rb"NATS/1\.0\r\nGenjobs-Kind: ([^\r\n]*)\r\nGenjobs-Index: ([0-9]+)\r\n"
+)
+
+
 def _stored_event(m: StoredMsg) -> ReadEvent:
     """The event of a replayed message, reading only the two headers it needs."""
+    lead = _LEADING_RE.match(m.raw_headers)
+    if lead is not None:
+        kind = lead.group(1).strip().decode("utf-8", "replace")
+        return ReadEvent(m.seq, int(lead.group(2)), kind, m.data)
     index = m.header("Genjobs-Index") or ""
     return ReadEvent(
         m.seq, int(index) if index.isdigit() else -1, m.header("Genjobs-Kind") or "", m.data

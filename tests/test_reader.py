@@ -180,6 +180,32 @@ async def test_reader_starting_at_every_sequence_of_a_finished_job_gets_exactly_
     assert whole[-1].event == {"final": True, "job": "job"}
 
 
+async def test_replayed_events_read_kind_and_index_whatever_the_header_layout(
+    nc: NATS, settings: Settings, js: JetStreamContext
+) -> None:
+    """Genjobs writes kind then index first (the reader's fast path); any other layout, as
+    another writer might produce, must read the same."""
+    subject = settings.events_subject("layout")
+    layouts = [
+        {"Genjobs-Kind": "step", "Genjobs-Index": "0"},
+        {"Genjobs-Index": "1", "Genjobs-Kind": "step"},
+        {"X-Other": "x", "Genjobs-Kind": "step", "Genjobs-Index": "2"},
+        {"Genjobs-Kind": "step", "Genjobs-Index": "not a number"},
+        {"Genjobs-Kind": "final", "Genjobs-Index": "4"},
+    ]
+    for headers in layouts:
+        await js.publish(subject, b"{}", headers=dict(headers))
+    async with LiveHub(nc, settings) as hub:
+        got = await read_all(hub, "layout", timeout=WAIT)
+    assert [(e.kind, e.index) for e in got] == [
+        ("step", 0),
+        ("step", 1),
+        ("step", 2),
+        ("step", -1),
+        ("final", 4),
+    ]
+
+
 async def test_subscribe_refuses_ids_that_could_inject_subjects(
     nc: NATS, settings: Settings
 ) -> None:
