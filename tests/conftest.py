@@ -21,6 +21,8 @@ from service.embedded import EmbeddedServer
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Every async test fails if it leaves a task running after its own teardown.
+pytest_plugins = ["tests.leakcheck"]
 
 
 @pytest.fixture(scope="session")
