@@ -50,7 +50,8 @@ class Settings:
     publish_outage_budget: float = 30.0
     """How long a job rides out an unavailable event stream (leader election, lost quorum,
     reconnect): its publish keeps retrying and its producers wait (backpressure); past this,
-    counted from the first failed attempt, the job fails with a terminal error."""
+    counted from the first failed attempt, the job fails with a terminal error. Readers' replay
+    requests ride out the same budget before they raise."""
     snapshot_interval: float = 2.0
     """How often a running job writes its resume snapshot to KV (fallback when the owner is gone)."""
     reader_queue: int = 10_000

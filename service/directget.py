@@ -55,7 +55,8 @@ _encode = msgspec.json.Encoder().encode
 
 
 class DirectGetError(RuntimeError):
-    """The server refused a Direct Get (missing stream, bad request): retrying will not help."""
+    """The server refused a Direct Get. Status 503 (no responders: the stream has no leader, or
+    does not exist) may pass; readers retry it within the outage budget. Others will not."""
 
     def __init__(self, stream: str, status: str, description: str) -> None:
         super().__init__(f"direct get on {stream}: status {status} {description}".rstrip())

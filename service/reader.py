@@ -34,7 +34,7 @@ import re
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -42,7 +42,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from .config import Settings
-from .directget import DirectGetClient, ReplayTimeout, StoredMsg, client_for
+from .directget import DirectGetClient, DirectGetError, ReplayTimeout, StoredMsg, client_for
 from .localtap import tap_for
 
 log = logging.getLogger("genjobs.reader")
@@ -50,7 +50,9 @@ log = logging.getLogger("genjobs.reader")
 TERMINAL_KINDS: Final = frozenset({"final", "error"})
 _ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _UNSET: Final[Any] = object()
-_MAX_TIMEOUTS: Final = 3  # consecutive replay timeouts on a connected client before giving up
+_T = TypeVar("_T")
+_BACKOFF_FIRST: Final = 0.25  # after a 503 (no stream leader), the first pause before retrying
+_BACKOFF_MAX: Final = 2.0
 
 PresenceCallback = Callable[[str], Awaitable[None]]
 
@@ -181,7 +183,7 @@ class Reader:
         Raises:
             HubClosed: the hub was closed.
             ReaderError: the job's live subscription could not be made.
-            ReplayTimeout: the stream did not answer, 3 times in a row while connected.
+            ReplayTimeout: the stream did not answer for ``publish_outage_budget`` seconds.
             DirectGetError: the stream is missing or refuses Direct Get.
             nats.errors.ConnectionClosedError: the connection was closed.
             RuntimeError: used outside ``async with``.
@@ -391,6 +393,7 @@ class LiveHub:
         self._needs_sub: set[str] = set()  # jobs whose local actor ended: subscribe to NATS
         self._reconnects: int = nc.stats["reconnects"]
         self._closed = False
+        self._closing: asyncio.Future[None] | None = None  # resolved by close(): ends a pause
 
     def subscribe(self, job_id: str, after_seq: int = 0) -> Reader:
         """A reader of every event of ``job_id`` with seq > ``after_seq``; enter it to start.
@@ -504,38 +507,80 @@ class LiveHub:
             log.exception("presence callback %r failed for job %s", cb, job_id)
 
     async def _fetch(self, job_id: str, start: int) -> tuple[list[StoredMsg], int]:
-        """One replay batch, retried while the connection is down or briefly unresponsive."""
+        """One replay batch, riding out an outage (see :meth:`_ride_out`)."""
         subject = self._s.events_subject(job_id)
-        timeouts = 0
+        return await self._ride_out(
+            job_id,
+            lambda: self._dg.get_batch(
+                self._s.stream_name,
+                subject,
+                start,
+                self._batch,
+                self._s.request_timeout,
+                owner=self,
+            ),
+        )
+
+    async def _last_msg(self, job_id: str) -> StoredMsg | None:
+        subject = self._s.events_subject(job_id)
+        return await self._ride_out(
+            job_id,
+            lambda: self._dg.last_msg(
+                self._s.stream_name, subject, self._s.request_timeout, owner=self
+            ),
+        )
+
+    async def _ride_out(self, job_id: str, request: Callable[[], Awaitable[_T]]) -> _T:
+        """``request()`` retried through an outage, as a job's publishes are.
+
+        A timeout (server away, reconnecting) and a 503 (no responders: the stream has no
+        leader during an election or a lost quorum, or is missing) are retried until
+        ``publish_outage_budget`` seconds have passed since the first failure, then raised: a
+        reader waits out the same outage its job's producer waits out. After a 503 the retry
+        backs off (0.25 s doubling to 2 s); a timeout has waited already. A closed hub or
+        connection ends the wait at once.
+
+        Raises:
+            HubClosed: the hub is (or gets) closed.
+            ReplayTimeout, DirectGetError: still failing when the budget was spent; a
+                DirectGetError other than 503 at once.
+        """
+        loop = asyncio.get_running_loop()
+        first_failure: float | None = None
+        backoff = _BACKOFF_FIRST
         while True:
             if self._closed:
                 # close() fails only the requests already out; one sent now, on a connection
                 # that is closing, would be waited out for request_timeout.
                 raise HubClosed("hub closed", "", 0)  # re-raised per reader
             try:
-                return await self._dg.get_batch(
-                    self._s.stream_name,
-                    subject,
-                    start,
-                    self._batch,
-                    self._s.request_timeout,
-                    owner=self,
-                )
-            except ReplayTimeout as e:
+                return await request()
+            except (ReplayTimeout, DirectGetError) as e:
+                if isinstance(e, DirectGetError) and e.status != "503":
+                    raise
                 if self._closed or self._nc.is_closed:
                     raise
-                timeouts += self._nc.is_connected  # time spent disconnected does not count
-                if timeouts >= _MAX_TIMEOUTS:
+                now = loop.time()
+                first_failure = now if first_failure is None else first_failure
+                spent = now - first_failure
+                if spent >= self._s.publish_outage_budget:
                     raise
-                log.warning("replay of job %s timed out, retrying: %s", job_id, e)
+                log.warning(
+                    "replay of job %s failed (%.1f s into the outage), retrying: %s",
+                    job_id,
+                    spent,
+                    e,
+                )
+                if isinstance(e, DirectGetError):
+                    pause = min(backoff, self._s.publish_outage_budget - spent)
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
+                    await self._pause(pause)
 
-    async def _last_msg(self, job_id: str) -> StoredMsg | None:
-        if self._closed:  # as in _fetch
-            raise HubClosed("hub closed", "", 0)
-        subject = self._s.events_subject(job_id)
-        return await self._dg.last_msg(
-            self._s.stream_name, subject, self._s.request_timeout, owner=self
-        )
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if the hub is closed meanwhile."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_future()
+        await asyncio.wait([self._closing], timeout=seconds)
 
     async def close(self) -> None:
         """End every open reader with :class:`HubClosed` and drop every live subscription.
@@ -547,6 +592,8 @@ class LiveHub:
         if self._closed:
             return
         self._closed = True
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(None)
         self._dg.fail_owned(self, HubClosed("hub closed", "", 0))  # re-raised per reader
         feeds = list(self._feeds.values())
         self._feeds.clear()

@@ -30,6 +30,8 @@ from service.embedded import EmbeddedServer
 from service.provision import events_stream_config, provision
 from service.reader import HubClosed, LiveHub, ReadEvent, read_all
 
+from .helpers import wait_for
+
 WAIT = 10.0  # upper bound for anything a test waits for
 
 
@@ -594,3 +596,38 @@ async def test_late_reader_replays_5000_events_quickly(
         elapsed = time.perf_counter() - t0
     assert [ev.index for ev in got] == list(range(5000))
     assert elapsed < 1.0, f"replay of 5,000 events took {elapsed * 1000:.0f} ms"
+
+
+async def test_reader_rides_out_a_stream_without_responders_then_reads_everything(
+    nc: NATS, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 503 (no stream leader during an election or a lost quorum; here: the stream does not
+    exist yet) is retried within the outage budget, as a job's publishes are: the reader waits,
+    then gets every event once, in order."""
+    s = settings.with_(publish_outage_budget=30.0)
+    async with LiveHub(nc, s) as hub, hub.subscribe("late") as reader:
+        first = asyncio.create_task(anext(reader))
+
+        async def retrying() -> bool:
+            return any("into the outage" in r.getMessage() for r in caplog.records)
+
+        await wait_for(retrying, timeout=10)
+        assert not first.done()
+        js = nc.jetstream()
+        await provision(js, s)  # the stream is back
+        producer = Producer(js, s)
+        sent = [*await producer.emit_many("late", 3), await producer.emit("late", "final")]
+        got = [await asyncio.wait_for(first, 10)]
+        got.extend([ev async for ev in reader])
+    assert [(e.seq, e.index, e.kind) for e in got] == [(e.seq, e.index, e.kind) for e in sent]
+
+
+async def test_reader_gives_up_when_the_outage_outlasts_the_budget(
+    nc: NATS, settings: Settings
+) -> None:
+    s = settings.with_(publish_outage_budget=0.6)
+    async with LiveHub(nc, s) as hub, hub.subscribe("never") as reader:
+        t0 = time.monotonic()
+        with pytest.raises(DirectGetError, match="503"):
+            await asyncio.wait_for(anext(reader), 10)
+        assert time.monotonic() - t0 >= 0.6  # retried for the whole budget, not given up at once
