@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import random
 from dataclasses import dataclass
 
@@ -36,6 +37,8 @@ from .workload import (
     script_tokens,
     stored_log,
 )
+
+log = logging.getLogger("genjobs.tests.failover")
 
 
 @dataclass(frozen=True)
@@ -63,16 +66,18 @@ CASES = [
 QUORUM_LOST = Failover(8, 2, 150, 1, 0.02, 80, freeze=8.0)
 
 
-async def wait_new_leader(nc: NATS, stream: str, old: str) -> str:
-    """Poll until the stream reports a leader other than ``old`` (no event exists for it)."""
-    while True:
-        try:
-            leader = await stream_leader(nc, stream)
-            if leader != old:
-                return leader
-        except (AssertionError, nats.errors.Error, TimeoutError):
-            pass  # no leader yet, or the API itself is electing
-        await asyncio.sleep(0.1)
+async def wait_new_leader(nc: NATS, stream: str, old: str, timeout: float = 60.0) -> str:
+    """Poll until the stream reports a leader other than ``old``: nats-server publishes no
+    event a client can wait on for "leader elected", so this asks every 0.1 s, bounded."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                leader = await stream_leader(nc, stream)
+                if leader != old:
+                    return leader
+            except (AssertionError, nats.errors.Error, TimeoutError) as e:
+                log.debug("no new leader of %s yet: %r", stream, e)  # electing
+            await asyncio.sleep(0.1)  # poll: no server event for "leader elected"
 
 
 @pytest.mark.parametrize("case", CASES)
