@@ -44,6 +44,7 @@ from nats.aio.subscription import Subscription
 from .config import Settings
 from .directget import DirectGetClient, DirectGetError, ReplayTimeout, StoredMsg, client_for
 from .localtap import tap_for
+from .publisher import BACKOFF_FIRST, BACKOFF_MAX
 
 log = logging.getLogger("genjobs.reader")
 
@@ -51,8 +52,6 @@ TERMINAL_KINDS: Final = frozenset({"final", "error"})
 _ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _UNSET: Final[Any] = object()
 _T = TypeVar("_T")
-_BACKOFF_FIRST: Final = 0.25  # after a 503 (no stream leader), the first pause before retrying
-_BACKOFF_MAX: Final = 2.0
 
 PresenceCallback = Callable[[str], Awaitable[None]]
 
@@ -537,7 +536,8 @@ class LiveHub:
         leader during an election or a lost quorum, or is missing) are retried until
         ``publish_outage_budget`` seconds have passed since the first failure, then raised: a
         reader waits out the same outage its job's producer waits out. After a 503 the retry
-        backs off (0.25 s doubling to 2 s); a timeout has waited already. A closed hub or
+        backs off as a publish does (``BACKOFF_FIRST`` doubling to ``BACKOFF_MAX``); a timeout
+        has waited already. A closed hub or
         connection ends the wait at once.
 
         Raises:
@@ -547,7 +547,7 @@ class LiveHub:
         """
         loop = asyncio.get_running_loop()
         first_failure: float | None = None
-        backoff = _BACKOFF_FIRST
+        backoff = BACKOFF_FIRST
         while True:
             if self._closed:
                 # close() fails only the requests already out; one sent now, on a connection
@@ -573,7 +573,7 @@ class LiveHub:
                 )
                 if isinstance(e, DirectGetError):
                     pause = min(backoff, self._s.publish_outage_budget - spent)
-                    backoff = min(backoff * 2, _BACKOFF_MAX)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
                     await self._pause(pause)
 
     async def _pause(self, seconds: float) -> None:
