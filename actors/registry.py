@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from actors.stream_actor import StreamActor
 from schemas.errors import Unavailable
-
-from .stream_actor import StreamActor
 
 log = logging.getLogger("genjobs.registry")
 

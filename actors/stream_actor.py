@@ -23,14 +23,8 @@ from typing import Any
 
 import msgspec
 
-from schemas.errors import GenjobsError, JobEnded, OwnershipLost, StoreFailed
-from schemas.job import METADATA_FIELDS, JobRecord, JobStatus, record_to_dict
-
-from .abort import build_abort_final, parse_text
-from .aggregator import ContentAggregator
-from .coalesce import PlainRun, try_merge
-from .inbox import Inbox, InboxClosed
-from .messages import (
+from actors.inbox import Inbox, InboxClosed
+from actors.messages import (
     Command,
     Emit,
     Finish,
@@ -43,7 +37,12 @@ from .messages import (
     reject,
     resolve,
 )
-from .port import ActorPort
+from actors.port import ActorPort
+from actors.termination import build_abort_final, parse_text
+from schemas.content.aggregator import ContentAggregator
+from schemas.content.coalesce import PlainRun, try_merge
+from schemas.errors import GenjobsError, JobEnded, OwnershipLost, StoreFailed
+from schemas.job import METADATA_FIELDS, JobRecord, JobStatus, record_to_dict
 
 log = logging.getLogger("genjobs.actor")
 

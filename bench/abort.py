@@ -21,10 +21,7 @@ from typing import Any
 
 import msgspec
 
-from service.producer import JobHandle
-from service.replica import Replica
-
-from .common import (
+from bench.common import (
     bench_settings,
     bounded_map,
     drop_prefix,
@@ -33,6 +30,8 @@ from .common import (
     percentile,
     token_event,
 )
+from service.client.producer import JobHandle
+from service.server.replica import Replica
 
 USER = "bench-user"
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import msgspec
 
-from actors.aggregator import ContentAggregator
-from actors.coalesce import coalesce
+from schemas.content.aggregator import ContentAggregator
+from schemas.content.coalesce import coalesce
 
 DEFAULT_FIXTURE = (
     Path(__file__).resolve().parent.parent / "tests/fixtures/aggregation/09_long_stream.json"

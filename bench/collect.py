@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .figures import DELIVERY_RATES, SIZES, SPECS, error, figure, skipped
+from bench.figures import DELIVERY_RATES, SIZES, SPECS, error, figure, skipped
 
 
 def _runs_ok(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:

@@ -23,10 +23,9 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
+from bench.infra import cpu_seconds, rss_bytes
 from service.config import Settings
 from service.simulate import created_event, run_step, text_delta
-
-from .infra import cpu_seconds, rss_bytes
 
 T = TypeVar("T")
 A = TypeVar("A")

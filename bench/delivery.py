@@ -17,12 +17,7 @@ from typing import Any
 
 import nats
 
-from service.config import Settings
-from service.provision import provision
-from service.reader import LiveHub
-from service.replica import Replica
-
-from .common import (
+from bench.common import (
     CpuMeter,
     Latency,
     bounded_map,
@@ -31,6 +26,10 @@ from .common import (
     sleep_until,
     token_event,
 )
+from service.client.reader import LiveHub
+from service.config import Settings
+from service.nats.provision import provision
+from service.server.replica import Replica
 
 USER = "bench-user"
 
@@ -128,7 +127,7 @@ async def run_producer(cfg: dict[str, Any]) -> dict[str, Any]:
 
 async def run_aggregator(cfg: dict[str, Any]) -> dict[str, Any]:
     """Item 7: the other engineer's ``bench/bench_aggregator.py`` on the 5,000-delta fixture."""
-    from . import bench_aggregator
+    from bench import bench_aggregator
 
     started = time.perf_counter()
     result: dict[str, Any] = bench_aggregator.run(

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.embedded import EmbeddedServer, find_nats_server
+from service.nats.embedded import EmbeddedServer, find_nats_server
 
 REPO = Path(__file__).resolve().parent.parent
 _CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -26,11 +26,7 @@ from typing import Any
 
 import nats
 
-from service.provision import provision
-from service.reader import LiveHub
-from service.replica import Replica
-
-from .common import (
+from bench.common import (
     CpuMeter,
     Latency,
     bench_settings,
@@ -42,6 +38,9 @@ from .common import (
     summary_ms,
     token_event,
 )
+from service.client.reader import LiveHub
+from service.nats.provision import provision
+from service.server.replica import Replica
 
 Emit = Callable[[int, dict[str, Any]], Awaitable[bool]]
 """emit(job number, event) -> accepted?"""
@@ -195,7 +194,7 @@ async def run_nats(cfg: dict[str, Any]) -> dict[str, Any]:
 async def run_redis(cfg: dict[str, Any]) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
-    from .redis_style import RedisStyleStore, channel
+    from bench.redis_style import RedisStyleStore, channel
 
     p = cfg["params"]
     client = aioredis.Redis.from_url(cfg["redis_url"], max_connections=p["jobs"] + 16)

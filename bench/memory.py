@@ -23,11 +23,7 @@ from typing import Any
 
 import nats
 
-from service.provision import provision
-from service.reader import HubClosed, LiveHub
-from service.replica import Replica
-
-from .common import (
+from bench.common import (
     CpuMeter,
     bench_settings,
     bounded_map,
@@ -36,6 +32,9 @@ from .common import (
     opening_events,
     settled_rss,
 )
+from service.client.reader import HubClosed, LiveHub
+from service.nats.provision import provision
+from service.server.replica import Replica
 
 USER = "bench-user"
 

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
-from actors.aggregator import ContentAggregator
+from schemas.content.aggregator import ContentAggregator
 
 _decode = msgspec.json.decode
 

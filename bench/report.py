@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .figures import CATALOGUE, SPECS
+from bench.figures import CATALOGUE, SPECS
 
 
 def fmt(value: float | None, unit: str) -> str:

@@ -21,11 +21,10 @@ import time
 import uuid
 from typing import Any
 
-from service.reader import LiveHub, read_all
-from service.replica import Replica
+from bench.common import bench_settings, drop_prefix, encode, percentile
+from service.client.reader import LiveHub, read_all
+from service.server.replica import Replica
 from service.simulate import final_event, generation
-
-from .common import bench_settings, drop_prefix, encode, percentile
 
 USER = "bench-user"
 
@@ -66,7 +65,7 @@ def _block_stats(blocks: list[list[float]]) -> dict[str, list[float]]:
 async def _redis_resume(cfg: dict[str, Any], sizes: list[int], p: dict[str, Any]) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
-    from .redis_style import RedisStyleStore
+    from bench.redis_style import RedisStyleStore
 
     client = aioredis.Redis.from_url(cfg["redis_url"])
     try:

@@ -28,9 +28,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from . import collect, report
-from .figures import KEYS, SPECS, evaluate, skipped
-from .infra import (
+from bench import collect, report
+from bench.figures import KEYS, SPECS, evaluate, skipped
+from bench.infra import (
     REPO,
     Guard,
     NatsServer,

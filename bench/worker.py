@@ -20,7 +20,7 @@ from typing import Any
 
 import uvloop
 
-from .infra import die_with_parent
+from bench.infra import die_with_parent
 
 TASKS: dict[str, str] = {
     "ingest_genjobs": "bench.ingest:run_genjobs",

@@ -52,8 +52,8 @@ from typing import Annotated, Any, Final, TypeVar, cast
 import msgspec
 from msgspec import Meta, Struct, field
 
-from .events import EventKind, classify, validate_event
-from .usage import Tokens, UsageRecord
+from schemas.events import EventKind, classify, validate_event
+from schemas.usage import Tokens, UsageRecord
 
 NonNegative = Annotated[int, Meta(ge=0)]
 

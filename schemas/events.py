@@ -44,7 +44,7 @@ from typing import Any, Final, Literal
 import msgspec
 from msgspec import Struct, field
 
-from .usage import UsageRecord
+from schemas.usage import UsageRecord
 
 HDR_KIND: Final = "Genjobs-Kind"
 HDR_INDEX: Final = "Genjobs-Index"

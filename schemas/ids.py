@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidId
+from schemas.errors import InvalidId
 
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 

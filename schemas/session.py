@@ -17,9 +17,9 @@ from typing import Final
 
 import msgspec
 
-from .errors import BadRequest, Conflict, GenjobsError, InvalidId, NotFound, Unavailable
-from .events import TERMINAL_KINDS
-from .ids import ID_RE
+from schemas.errors import BadRequest, Conflict, GenjobsError, InvalidId, NotFound, Unavailable
+from schemas.events import TERMINAL_KINDS
+from schemas.ids import ID_RE
 
 __all__ = [
     "AckNotApplied",

@@ -17,7 +17,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from service.config import Settings
-from service.embedded import EmbeddedServer
+from service.nats.embedded import EmbeddedServer
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import msgspec
 
-from actors.aggregator import ContentAggregator
+from schemas.content.aggregator import ContentAggregator
 from service.config import Settings
-from service.replica import Replica
+from service.server.replica import Replica
 
 
 @asynccontextmanager

@@ -20,7 +20,7 @@ def canon(value: Any) -> bytes:
 
 def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "service.aggregate_cmd", *args],
+        [sys.executable, "-m", "service.cli.aggregate", *args],
         input=stdin,
         capture_output=True,
         cwd=REPO,
@@ -124,7 +124,7 @@ def test_help_describes_the_command() -> None:
 
 
 def test_main_is_callable_in_process(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
-    from service.aggregate_cmd import main
+    from service.cli.aggregate import main
 
     assert main([str(FIXTURES[0])]) == 0
     expected = msgspec.json.decode(FIXTURES[0].read_bytes())["expected"]

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from actors.aggregator import ContentAggregator, parse_text_parts
+from schemas.content.aggregator import ContentAggregator, parse_text_parts
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures" / "aggregation").glob("*.json"))
 

@@ -16,11 +16,10 @@ from nats.aio.msg import Msg
 
 from schemas.api import ErrorCode
 from service import simulate as sim
-from service.api import ServiceApi
 from service.config import Settings
-from service.replica import Replica
-
-from .helpers import aggregate, running_replica
+from service.server.api import ServiceApi
+from service.server.replica import Replica
+from tests.helpers import aggregate, running_replica
 
 TIMEOUT = 10.0
 

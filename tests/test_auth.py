@@ -23,12 +23,11 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from service import simulate as sim
-from service.api import ServiceApi
+from service.client.presence import presence_hub
+from service.client.sessions import SessionStore
 from service.config import Settings
-from service.presence import presence_hub
-from service.sessions import SessionStore
-
-from .helpers import running_replica, wait_for
+from service.server.api import ServiceApi
+from tests.helpers import running_replica, wait_for
 
 READER = ("reader", "reader-local-only")
 PRODUCER = ("producer", "producer-local-only")

@@ -25,9 +25,8 @@ import nats
 import pytest
 
 from service import simulate as sim
-from service.embedded import EmbeddedServer
-
-from .helpers import aggregate
+from service.nats.embedded import EmbeddedServer
+from tests.helpers import aggregate
 
 REPO = Path(__file__).resolve().parent.parent
 T = 30.0

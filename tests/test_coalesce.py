@@ -10,8 +10,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from actors.aggregator import ContentAggregator
-from actors.coalesce import coalesce, try_merge
+from schemas.content.aggregator import ContentAggregator
+from schemas.content.coalesce import coalesce, try_merge
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures" / "aggregation").glob("*.json"))
 DELTAS = ("on_message_delta", "on_reasoning_delta")

@@ -17,16 +17,16 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from service import directget
+from service.nats import directget
 from service.config import Settings
-from service.directget import (
+from service.nats.directget import (
     DirectGetError,
     StoredMsg,
     client_for,
     direct_get_batch,
     parse_headers,
 )
-from service.provision import provision
+from service.nats.provision import provision
 
 WAIT = 10.0
 

@@ -8,8 +8,8 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from service.config import Settings
-from service.embedded import EmbeddedServer, EmbeddedServerError
-from service.provision import (
+from service.nats.embedded import EmbeddedServer, EmbeddedServerError
+from service.nats.provision import (
     ProvisionMismatch,
     ensure_stream,
     events_stream_config,

@@ -39,11 +39,10 @@ from schemas.api import (
 )
 from schemas.job import decode_record
 from service import simulate as sim
-from service.api import ServiceApi
 from service.config import Settings
-from service.replica import Replica
-
-from .helpers import running_replica
+from service.server.api import ServiceApi
+from service.server.replica import Replica
+from tests.helpers import running_replica
 
 SEED = 20261122
 LIMIT = 16 * 1024  # max_request_bytes here, so payloads around the limit stay cheap

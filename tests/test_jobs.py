@@ -11,12 +11,11 @@ from nats.aio.client import Client as NATS
 
 from schemas.errors import Conflict, Forbidden, InvalidId
 from service import simulate as sim
+from service.client.producer import EmitResult
+from service.client.reader import LiveHub, read_all
 from service.config import Settings
-from service.producer import EmitResult
-from service.reader import LiveHub, read_all
-from service.replica import Replica
-
-from .helpers import aggregate, decode, running_replica, wait_for
+from service.server.replica import Replica
+from tests.helpers import aggregate, decode, running_replica, wait_for
 
 
 async def produce(job, events) -> None:  # type: ignore[no-untyped-def]

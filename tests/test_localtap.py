@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 
 from service import simulate as sim
+from service.client.reader import LiveHub
 from service.config import Settings
-from service.reader import LiveHub
-
-from .helpers import aggregate, decode, running_replica
+from tests.helpers import aggregate, decode, running_replica
 
 
 async def test_reader_in_the_owners_process_needs_no_live_subscription(settings: Settings) -> None:

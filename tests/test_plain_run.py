@@ -12,8 +12,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from actors.coalesce import PlainRun, try_merge
 from actors.stream_actor import StreamActor, _Out, _settle
+from schemas.content.coalesce import PlainRun, try_merge
 
 encode = msgspec.json.Encoder().encode
 

@@ -8,10 +8,9 @@ import nats
 from nats.aio.client import Client as NATS
 
 from service import simulate as sim
+from service.client.presence import presence_hub
 from service.config import Settings
-from service.presence import presence_hub
-
-from .helpers import running_replica, wait_for
+from tests.helpers import running_replica, wait_for
 
 
 async def test_owner_counts_readers_of_other_processes_and_hears_the_last_one_leave(

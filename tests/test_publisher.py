@@ -7,8 +7,8 @@ from nats.aio.client import Client as NATS
 
 from schemas.errors import OwnershipLost, StoreFailed
 from service.config import Settings
-from service.provision import provision
-from service.publisher import FencedPublisher, PublishRejected
+from service.nats.provision import provision
+from service.nats.publisher import FencedPublisher, PublishRejected
 
 
 def _headers(index: int, writer: str = "r1") -> dict[str, str]:

@@ -19,18 +19,17 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from service.client.reader import HubClosed, LiveHub, ReadEvent, read_all
 from service.config import Settings
-from service.directget import (
+from service.nats.directget import (
     DirectGetError,
     ReplayTimeout,
     direct_get_batch,
     last_seq_for_subject,
 )
-from service.embedded import EmbeddedServer
-from service.provision import events_stream_config, provision
-from service.reader import HubClosed, LiveHub, ReadEvent, read_all
-
-from .helpers import wait_for
+from service.nats.embedded import EmbeddedServer
+from service.nats.provision import events_stream_config, provision
+from tests.helpers import wait_for
 
 WAIT = 10.0  # upper bound for anything a test waits for
 

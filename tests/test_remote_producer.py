@@ -13,12 +13,11 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 
-from service.api import ServiceApi
+from service.client.reader import LiveHub, read_all
 from service.config import Settings
-from service.reader import LiveHub, read_all
-from service.replica import Replica
-
-from .helpers import aggregate, decode, running_replica
+from service.server.api import ServiceApi
+from service.server.replica import Replica
+from tests.helpers import aggregate, decode, running_replica
 
 # --- the remote producer: nats + json only ---------------------------------------------------
 

@@ -18,9 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
-from service.config import Settings
-from service.provision import provision
-from service.sessions import (
+from service.client.sessions import (
     DurableSession,
     InvalidSessionId,
     NotDelivered,
@@ -30,6 +28,8 @@ from service.sessions import (
     SessionStore,
     session_consumer_name,
 )
+from service.config import Settings
+from service.nats.provision import provision
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import APIError
 
 from service.config import Settings
-from service.embedded import EmbeddedServer
+from service.nats.embedded import EmbeddedServer
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_NAME = "genjobs-faults"

@@ -24,9 +24,8 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from service.config import Settings
-from service.directget import client_for
-
-from .conftest import REPO
+from service.nats.directget import client_for
+from tests.faults.conftest import REPO
 
 READY_MARK = "genjobs: ready"
 _ENV_FIELDS = (

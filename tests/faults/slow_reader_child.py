@@ -22,9 +22,9 @@ import json
 import sys
 from typing import Any
 
+from service.client.reader import LiveHub
 from service.config import Settings
-from service.reader import LiveHub
-from service.replica import Replica
+from service.server.replica import Replica
 
 
 def rss_kb() -> int:

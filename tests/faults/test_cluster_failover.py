@@ -19,13 +19,11 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from service.provision import provision
-from service.reader import LiveHub
-from service.replica import Replica
-
-from ..helpers import aggregate
-from .conftest import Cluster, Figures, fault_settings, freeze, stream_leader, thaw
-from .workload import (
+from service.client.reader import LiveHub
+from service.nats.provision import provision
+from service.server.replica import Replica
+from tests.faults.conftest import Cluster, Figures, fault_settings, freeze, stream_leader, thaw
+from tests.faults.workload import (
     Clock,
     Follower,
     Producer,
@@ -37,6 +35,7 @@ from .workload import (
     script_tokens,
     stored_log,
 )
+from tests.helpers import aggregate
 
 log = logging.getLogger("genjobs.tests.failover")
 

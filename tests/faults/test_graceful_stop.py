@@ -15,13 +15,11 @@ from dataclasses import dataclass
 import nats
 import pytest
 
+from service.client.reader import LiveHub
 from service.config import Settings
-from service.reader import LiveHub
-
-from ..helpers import aggregate, decode
-from .conftest import Figures, fault_settings
-from .procs import RemoteProducer, ServeProcess, api
-from .workload import (
+from tests.faults.conftest import Figures, fault_settings
+from tests.faults.procs import RemoteProducer, ServeProcess, api
+from tests.faults.workload import (
     Clock,
     Follower,
     Progress,
@@ -32,6 +30,7 @@ from .workload import (
     script_tokens,
     stored_log,
 )
+from tests.helpers import aggregate, decode
 
 SHUTDOWN_MESSAGE = "interrupted: replica shutting down"
 

@@ -17,14 +17,13 @@ from nats.aio.client import Client as NATS
 
 from schemas.errors import JobEnded, StoreFailed
 from service import simulate as sim
+from service.client.reader import LiveHub
 from service.config import Settings
-from service.provision import provision
-from service.publisher import FencedPublisher, direct_get_last, ride_out
-from service.reader import LiveHub
-
-from ..helpers import decode, running_replica, wait_for
-from .conftest import Figures, Node, fault_settings, freeze, thaw
-from .workload import check_log, stored_log
+from service.nats.provision import provision
+from service.nats.publisher import FencedPublisher, direct_get_last, ride_out
+from tests.faults.conftest import Figures, Node, fault_settings, freeze, thaw
+from tests.faults.workload import check_log, stored_log
+from tests.helpers import decode, running_replica, wait_for
 
 HEADERS = {"Genjobs-Kind": "step", "Genjobs-Index": "0", "Genjobs-Writer": "w1"}
 

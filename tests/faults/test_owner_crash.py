@@ -21,12 +21,10 @@ import nats
 import pytest
 
 from service import simulate as sim
-from service.reader import LiveHub
-
-from ..helpers import aggregate, decode
-from .conftest import Figures, fault_settings
-from .procs import RemoteProducer, ServeProcess, api
-from .workload import (
+from service.client.reader import LiveHub
+from tests.faults.conftest import Figures, fault_settings
+from tests.faults.procs import RemoteProducer, ServeProcess, api
+from tests.faults.workload import (
     Follower,
     Progress,
     check_log,
@@ -36,6 +34,7 @@ from .workload import (
     script_tokens,
     stored_log,
 )
+from tests.helpers import aggregate, decode
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,12 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError
 
+from service.client.reader import HubClosed, LiveHub
 from service.config import Settings
-from service.directget import client_for
-from service.provision import provision
-from service.reader import HubClosed, LiveHub
-
-from ..helpers import aggregate, running_replica, wait_for
-from .conftest import Figures, Node, fault_settings, freeze, thaw
-from .workload import (
+from service.nats.directget import client_for
+from service.nats.provision import provision
+from tests.faults.conftest import Figures, Node, fault_settings, freeze, thaw
+from tests.faults.workload import (
     Clock,
     Follower,
     Producer,
@@ -36,6 +34,7 @@ from .workload import (
     script_tokens,
     stored_log,
 )
+from tests.helpers import aggregate, running_replica, wait_for
 
 
 @dataclass(frozen=True)

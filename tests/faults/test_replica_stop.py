@@ -16,9 +16,8 @@ import time
 
 from schemas.job import JobRecord, JobStatus
 from service.config import Settings
-from service.replica import Replica
-
-from .conftest import Figures
+from service.server.replica import Replica
+from tests.faults.conftest import Figures
 
 RECORDS = 6000
 ROUNDS = 12

@@ -17,12 +17,10 @@ from dataclasses import dataclass
 import nats
 import pytest
 
-from service.reader import LiveHub
-from service.replica import Replica
-
-from ..helpers import aggregate, decode
-from .conftest import Figures, Node, fault_settings
-from .workload import (
+from service.client.reader import LiveHub
+from service.server.replica import Replica
+from tests.faults.conftest import Figures, Node, fault_settings
+from tests.faults.workload import (
     Clock,
     Follower,
     Producer,
@@ -34,6 +32,7 @@ from .workload import (
     script_tokens,
     stored_log,
 )
+from tests.helpers import aggregate, decode
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,11 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from service import simulate as sim
+from service.client.reader import LiveHub
 from service.config import Settings
-from service.reader import LiveHub
-
-from ..helpers import running_replica
-from .conftest import REPO, Figures
-from .workload import check_log, stored_log
+from tests.faults.conftest import REPO, Figures
+from tests.faults.workload import check_log, stored_log
+from tests.helpers import running_replica
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,11 @@ from nats.errors import ConnectionClosedError
 
 from schemas.errors import JobEnded
 from service import simulate as sim
-from service.directget import DirectGetError, ReplayTimeout
-from service.producer import EmitResult, JobHandle
-from service.reader import LiveHub, ReaderError, ReadEvent, read_all
-from service.replica import Replica
-
-from ..helpers import aggregate, decode
+from service.client.producer import EmitResult, JobHandle
+from service.client.reader import LiveHub, ReaderError, ReadEvent, read_all
+from service.nats.directget import DirectGetError, ReplayTimeout
+from service.server.replica import Replica
+from tests.helpers import aggregate, decode
 
 
 def script(job_id: str, tokens: int) -> list[dict[str, Any]]:

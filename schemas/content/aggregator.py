@@ -29,7 +29,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .js import (
+from schemas.content.js import (
     NO_META,
     UNDEFINED,
     Abandon,

@@ -1,8 +1,8 @@
 """``genjobs serve``: one replica and its micro service, with the shutdown sequence as code.
 
 Start: an embedded nats-server when no ``GENJOBS_NATS_URL`` is given, then connect (retrying
-while a fresh cluster elects its leaders), start the :class:`~service.replica.Replica` and its
-:class:`~service.api.ServiceApi`, print ``READY_MARK``. Stop (SIGTERM, SIGINT, or the connection
+while a fresh cluster elects its leaders), start the :class:`~service.server.replica.Replica` and its
+:class:`~service.server.api.ServiceApi`, print ``READY_MARK``. Stop (SIGTERM, SIGINT, or the connection
 closed for good): stop taking requests, end the running jobs with their terminal events, flush
 the publish acks, drain the connection, stop the embedded server. Exit 0, or 3 when NATS was lost.
 """
@@ -19,7 +19,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 
-from .cli import (
+from service.cli.common import (
     EXIT_NO_NATS,
     EXIT_OK,
     EXIT_PROVISION,
@@ -30,7 +30,7 @@ from .cli import (
     run_async,
     settings_from,
 )
-from .config import Settings
+from service.config import Settings
 
 log = logging.getLogger("genjobs.serve")
 
@@ -57,8 +57,8 @@ async def _start_replica(
     Raises:
         CliError: exit 3 when NATS or JetStream is not usable in time, 4 on a provisioning mismatch.
     """
-    from .provision import ProvisionMismatch
-    from .replica import Replica
+    from service.nats.provision import ProvisionMismatch
+    from service.server.replica import Replica
 
     assert settings.nats_url is not None
     loop = asyncio.get_running_loop()
@@ -91,7 +91,7 @@ async def _start_replica(
 
 
 async def _serve(settings: Settings, connect_wait: float) -> int:
-    from .api import ServiceApi
+    from service.server.api import ServiceApi
 
     assert settings.nats_url is not None
     stop = asyncio.Event()
@@ -164,7 +164,7 @@ def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from .embedded import EmbeddedServer, EmbeddedServerError
+    from service.nats.embedded import EmbeddedServer, EmbeddedServerError
 
     _setup_logging(args.log_level)
     settings = settings_from(args)

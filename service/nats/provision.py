@@ -21,7 +21,7 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
-from .config import Settings
+from service.config import Settings
 
 
 class ProvisionMismatch(RuntimeError):

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from actors.aggregator import ContentAggregator
+from schemas.content.aggregator import ContentAggregator
 
 __all__ = ["main"]
 

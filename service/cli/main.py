@@ -1,7 +1,7 @@
 """``genjobs``: the command line (console script ``genjobs``, also ``python -m service.cli``).
 
-Every command is a thin shell over the library: ``serve`` runs a :class:`~service.replica.Replica`
-with its :class:`~service.api.ServiceApi`; the client commands send one request to the
+Every command is a thin shell over the library: ``serve`` runs a :class:`~service.server.replica.Replica`
+with its :class:`~service.server.api.ServiceApi`; the client commands send one request to the
 ``<prefix>.api.<name>`` endpoints, exactly as any other NATS client would, so what they print is
 what a program in another language gets. Configuration comes from ``GENJOBS_*`` variables
 (:meth:`Settings.from_env`) with flags on top.
@@ -13,53 +13,26 @@ supervisors can tell "you typed it wrong" from "NATS is not there" from "the ser
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any
 
-import msgspec
-import nats
-from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
-
-from .config import Settings
+from service.cli.common import (
+    DEFAULT_CLIENT_URL,
+    EXIT_CODES,
+    EXIT_FAILED,
+    EXIT_OK,
+    CliError,
+    api_request,
+    connect,
+    print_json,
+    run_async,
+    settings_from,
+)
 
 log = logging.getLogger("genjobs.cli")
-
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
-"""The service answered with an error (the body is on stderr), or the demo found a problem."""
-EXIT_USAGE: Final = 2
-EXIT_NO_NATS: Final = 3
-EXIT_PROVISION: Final = 4
-
-EXIT_CODES: Final = """exit codes:
-  0  success
-  1  the service answered with an error (its JSON body is printed on stderr)
-  2  usage error or bad configuration (a flag, a GENJOBS_* variable)
-  3  cannot reach or start NATS, or no genjobs replica answers
-  4  the stream or a bucket exists with other settings (provisioning mismatch)"""
-
-DEFAULT_CLIENT_URL: Final = "nats://127.0.0.1:4222"
-READY_MARK: Final = "genjobs: ready"
-"""Printed once by ``serve`` when it takes work; scripts and tests wait for this line."""
-
-T = TypeVar("T")
-_enc = msgspec.json.Encoder()
-
-
-class CliError(Exception):
-    """Ends the command with ``code``; the message is printed on stderr as is."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 # --- argument parsing ------------------------------------------------------------------------
@@ -248,89 +221,6 @@ def _uvloop(p: argparse.ArgumentParser) -> None:
     )
 
 
-# --- running ---------------------------------------------------------------------------------
-
-
-def run_async(coro_fn: Callable[[], Coroutine[Any, Any, T]], use_uvloop: bool = True) -> T:
-    """Run on uvloop when available (about twice the publish rate), else on plain asyncio."""
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if use_uvloop:
-        try:
-            import uvloop
-
-            loop_factory = uvloop.new_event_loop
-        except ImportError:
-            loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(coro_fn())
-
-
-def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
-    """Raises: CliError (exit 2) when a GENJOBS_* variable does not parse."""
-    try:
-        return Settings.from_env(
-            nats_url=getattr(args, "nats_url", None), prefix=getattr(args, "prefix", None), **extra
-        )
-    except (TypeError, ValueError) as e:
-        raise CliError(f"bad configuration: {e}", EXIT_USAGE) from e
-
-
-async def connect(
-    url: str, *, name: str, wait: float = 2.0, forever: bool = False, **callbacks: Any
-) -> NATS:
-    """Connect, trying for at most ``wait`` seconds; with ``forever`` it reconnects for ever later.
-
-    Raises:
-        CliError (exit 3): nothing answered at ``url`` in time, or the server refused us.
-    """
-    servers = [u.strip() for u in url.split(",") if u.strip()]
-    last_error: list[Exception] = []
-    user_error_cb = callbacks.pop("error_cb", None)
-
-    async def on_error(e: Exception) -> None:
-        last_error[:] = [e]
-        if user_error_cb is not None and nc.is_connected:
-            await user_error_cb(e)
-        else:
-            log.debug("nats: %s", e)
-
-    nc = NATS()
-    options: dict[str, Any] = {
-        "servers": servers,
-        "name": name,
-        "connect_timeout": min(2.0, wait),
-        "reconnect_time_wait": 0.5,
-        "max_reconnect_attempts": -1 if forever else 0,
-        "error_cb": on_error,
-    }
-    options.update(callbacks)
-    try:
-        async with asyncio.timeout(wait):
-            await nc.connect(**options)
-    except (TimeoutError, OSError, nats.errors.Error) as e:
-        with contextlib.suppress(Exception):
-            await nc.close()
-        cause = last_error[0] if last_error else e
-        reason = str(cause) or type(cause).__name__
-        if isinstance(cause, TimeoutError):
-            reason = f"no answer within {wait:g}s"
-        raise CliError(f"cannot reach NATS at {redact_url(url)}: {reason}", EXIT_NO_NATS) from e
-    return nc
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    out = []
-    for u in url.split(","):
-        scheme, sep, rest = u.partition("://")
-        if sep and "@" in rest:
-            cred, _, host = rest.rpartition("@")
-            user = cred.split(":", 1)[0]
-            u = f"{scheme}://{user}:***@{host}"
-        out.append(u)
-    return ",".join(out)
-
-
 # --- client commands --------------------------------------------------------------------------
 
 
@@ -339,44 +229,6 @@ def _job_body(args: argparse.Namespace) -> dict[str, Any]:
     if args.tenant:
         body["tenantId"] = args.tenant
     return body
-
-
-async def api_request(
-    nc: NATS, settings: Settings, name: str, body: dict[str, Any], timeout: float | None = None
-) -> tuple[bool, Any]:
-    """One request to ``<prefix>.api.<name>``; returns (ok, decoded JSON body).
-
-    Raises:
-        CliError (exit 3): no replica answers, or none answered in time.
-    """
-    subject = f"{settings.prefix}.api.{name}"
-    try:
-        msg = await nc.request(
-            subject, _enc.encode(body), timeout=timeout or max(settings.request_timeout, 10.0)
-        )
-    except NoRespondersError as e:
-        raise CliError(
-            f"no genjobs replica serves {subject} (is `genjobs serve` running with prefix "
-            f"{settings.prefix!r}?)",
-            EXIT_NO_NATS,
-        ) from e
-    except (NatsTimeout, TimeoutError) as e:
-        raise CliError(f"no answer on {subject} in time", EXIT_NO_NATS) from e
-    try:
-        reply = msgspec.json.decode(msg.data) if msg.data else None
-    except msgspec.DecodeError:
-        reply = msg.data.decode(errors="replace")
-    headers = msg.headers or {}
-    failed = "Nats-Service-Error-Code" in headers or (
-        isinstance(reply, dict) and set(reply) == {"error"}
-    )
-    return not failed, reply
-
-
-def _print_json(obj: Any, stream: Any = None) -> None:
-    out = stream or sys.stdout
-    out.write(msgspec.json.format(_enc.encode(obj), indent=2).decode() + "\n")
-    out.flush()
 
 
 async def _client_command(args: argparse.Namespace) -> int:
@@ -398,9 +250,9 @@ async def _client_command(args: argparse.Namespace) -> int:
     finally:
         await nc.close()
     if not ok:
-        _print_json(reply, sys.stderr)
+        print_json(reply, sys.stderr)
         return EXIT_FAILED
-    _print_json(reply)
+    print_json(reply)
     return EXIT_OK
 
 
@@ -411,21 +263,21 @@ def main(argv: list[str] | None = None) -> int:
     """Parse and run one command; returns the exit status (argparse exits 2 on bad usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "aggregate":
-        from .aggregate_cmd import main as aggregate_main
+        from service.cli.aggregate import main as aggregate_main
 
         return aggregate_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
-            from .serve import serve
+            from service.cli.serve import serve
 
             return serve(args)
         if args.command == "demo":
-            from .demo import main as demo_main
+            from service.cli.demo import main as demo_main
 
             return demo_main(args)
         if args.command == "tail":
-            from .tail import tail
+            from service.cli.tail import tail
 
             return run_async(lambda: tail(args), not args.no_uvloop)
         return run_async(lambda: _client_command(args))

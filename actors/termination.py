@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from schemas.content.aggregator import parse_text_parts as parse_text
 from schemas.events import abort_final_event
-
-from .aggregator import parse_text_parts as parse_text
 
 __all__ = ["build_abort_final", "parse_text"]
 

@@ -28,9 +28,8 @@ from schemas.api import IngestReply, decode_ingest, encode
 from schemas.errors import BadRequest, GenjobsError, JobEnded, TooLarge, Unavailable
 from schemas.events import classify
 from schemas.job import JobStatus
-
-from .replica import Replica
-from .replies import send, send_error
+from service.server.replica import Replica
+from service.server.replies import send, send_error
 
 log = logging.getLogger("genjobs.ingest")
 

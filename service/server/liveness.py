@@ -21,13 +21,12 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
-from .config import Settings
-from .store import Store
+from service.config import Settings
+from service.nats.store import Store
 
 if TYPE_CHECKING:
     from actors.registry import Registry
-
-    from .ops import JobOps
+    from service.server.ops import JobOps
 
 log = logging.getLogger("genjobs.liveness")
 

@@ -41,10 +41,16 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from .config import Settings
-from .directget import DirectGetClient, DirectGetError, ReplayTimeout, StoredMsg, client_for
-from .localtap import tap_for
-from .publisher import BACKOFF_FIRST, BACKOFF_MAX
+from service.config import Settings
+from service.nats.directget import (
+    DirectGetClient,
+    DirectGetError,
+    ReplayTimeout,
+    StoredMsg,
+    client_for,
+)
+from service.nats.localtap import tap_for
+from service.nats.publisher import BACKOFF_FIRST, BACKOFF_MAX
 
 log = logging.getLogger("genjobs.reader")
 

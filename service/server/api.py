@@ -52,10 +52,16 @@ from schemas.api import (
 from schemas.errors import BadRequest, Conflict, GenjobsError, TooLarge, Unavailable
 from schemas.ids import check_id, check_optional_id
 from schemas.job import JobStatus, record_to_dict
-
-from .ingest import IngestGateway
-from .replica import Replica
-from .replies import ERROR_CODE_HEADER, ERROR_HEADER, error_code, header_text, send, send_error
+from service.server.ingest import IngestGateway
+from service.server.replica import Replica
+from service.server.replies import (
+    ERROR_CODE_HEADER,
+    ERROR_HEADER,
+    error_code,
+    header_text,
+    send,
+    send_error,
+)
 
 log = logging.getLogger("genjobs.api")
 _enc = msgspec.json.Encoder()

@@ -24,8 +24,8 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from .config import Settings
-from .reader import LiveHub
+from service.client.reader import LiveHub
+from service.config import Settings
 
 if TYPE_CHECKING:
     from actors.registry import Registry

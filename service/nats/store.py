@@ -26,10 +26,9 @@ from nats.js.kv import KeyValue
 
 from schemas.errors import Conflict, StoreFailed, Unavailable
 from schemas.job import JobRecord, decode_record, encode_record
-
-from .config import Settings
-from .localtap import tap_for
-from .publisher import FencedPublisher, direct_get_last, ride_out
+from service.config import Settings
+from service.nats.localtap import tap_for
+from service.nats.publisher import FencedPublisher, direct_get_last, ride_out
 
 T = TypeVar("T")
 

@@ -22,20 +22,18 @@ import msgspec
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from actors.abort import build_abort_final, parse_text
-from actors.aggregator import ContentAggregator
 from actors.stream_actor import already_claimed_result
+from actors.termination import build_abort_final, parse_text
+from schemas.content.aggregator import ContentAggregator
 from schemas.errors import Conflict, Forbidden, GenjobsError, NotFound, OwnershipLost, from_body
 from schemas.job import JobRecord, JobStatus, record_to_dict
-
-from .config import Settings
-from .directget import direct_get_batch
-from .store import Store
+from service.config import Settings
+from service.nats.directget import direct_get_batch
+from service.nats.store import Store
 
 if TYPE_CHECKING:
     from actors.registry import Registry
-
-    from .liveness import Liveness
+    from service.server.liveness import Liveness
 
 log = logging.getLogger("genjobs.ops")
 _enc = msgspec.json.Encoder()

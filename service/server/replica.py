@@ -33,14 +33,13 @@ from actors.stream_actor import Finish, StreamActor, UpdateMeta
 from schemas.errors import BadRequest, Conflict, GenjobsError, JobEnded, Unavailable
 from schemas.ids import check_id, check_optional_id
 from schemas.job import JobRecord, JobStatus
-
-from .config import Settings
-from .liveness import CleanupWorker, Liveness
-from .ops import JobOps, abort_local, authorize, idempotent_job_id, now_ms
-from .presence import AllLeftCallback, PresenceTracker
-from .producer import JobHandle
-from .provision import provision
-from .store import Store
+from service.client.presence import AllLeftCallback, PresenceTracker
+from service.client.producer import JobHandle
+from service.config import Settings
+from service.nats.provision import provision
+from service.nats.store import Store
+from service.server.liveness import CleanupWorker, Liveness
+from service.server.ops import JobOps, abort_local, authorize, idempotent_job_id, now_ms
 
 log = logging.getLogger("genjobs.replica")
 _enc = msgspec.json.Encoder()

@@ -1,6 +1,6 @@
 """``genjobs tail JOB_ID --user U``: follow one job live, the way an SSE gateway would.
 
-It is a reader like any other: :class:`~service.reader.LiveHub` replays what is stored after
+It is a reader like any other: :class:`~service.client.reader.LiveHub` replays what is stored after
 ``--after`` and then follows the republished live subject. The only state it keeps is the seq of
 the last event it printed; when the connection goes away for longer than the reader tolerates it
 opens a new reader after that seq, so a reconnect never prints an event twice or skips one.
@@ -19,11 +19,19 @@ from typing import Any, TextIO
 import msgspec
 from nats.aio.client import Client as NATS
 
-from .cli import EXIT_FAILED, EXIT_NO_NATS, EXIT_OK, CliError, api_request, connect, settings_from
-from .config import Settings
-from .directget import ReplayTimeout
-from .presence import presence_hub
-from .reader import LiveHub, ReaderError, ReadEvent
+from service.cli.common import (
+    EXIT_FAILED,
+    EXIT_NO_NATS,
+    EXIT_OK,
+    CliError,
+    api_request,
+    connect,
+    settings_from,
+)
+from service.client.presence import presence_hub
+from service.client.reader import LiveHub, ReaderError, ReadEvent
+from service.config import Settings
+from service.nats.directget import ReplayTimeout
 
 _enc = msgspec.json.Encoder()
 

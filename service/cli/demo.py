@@ -11,7 +11,7 @@ connection, as two processes would have), then:
 3. every claim is checked against an independent read of the stream (✔/✘), exit 1 if any fails.
 
 Nothing here is demo-only machinery: the producer is the in-process API, the readers are
-:class:`~service.reader.LiveHub`, the requests go over NATS to the micro service.
+:class:`~service.client.reader.LiveHub`, the requests go over NATS to the micro service.
 """
 
 from __future__ import annotations
@@ -32,10 +32,9 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 
-from actors.aggregator import ContentAggregator
-
-from . import simulate
-from .cli import (
+from schemas.content.aggregator import ContentAggregator
+from service import simulate
+from service.cli.common import (
     EXIT_FAILED,
     EXIT_NO_NATS,
     EXIT_OK,
@@ -43,11 +42,11 @@ from .cli import (
     api_request,
     run_async,
 )
-from .config import Settings
-from .embedded import EmbeddedServer, EmbeddedServerError
-from .producer import EmitResult, JobHandle
-from .reader import LiveHub, ReadEvent, read_all
-from .replica import Replica
+from service.client.producer import EmitResult, JobHandle
+from service.client.reader import LiveHub, ReadEvent, read_all
+from service.config import Settings
+from service.nats.embedded import EmbeddedServer, EmbeddedServerError
+from service.server.replica import Replica
 
 USER = "demo-user"
 WIDTH = 78
@@ -384,7 +383,7 @@ def _usage(records: list[dict[str, Any]]) -> str:
 
 @contextlib.asynccontextmanager
 async def _replicas(url: str) -> AsyncIterator[tuple[Replica, Replica]]:
-    from .api import ServiceApi  # late: the other commands start fast
+    from service.server.api import ServiceApi  # late: the other commands start fast
 
     base = Settings(nats_url=url, shutdown_grace=3.0)
     a = Replica(base.with_(replica_id="replica-A"))

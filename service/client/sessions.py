@@ -76,8 +76,7 @@ from schemas.session import (
     session_consumer_name,
     validate_session_ids,
 )
-
-from .config import Settings
+from service.config import Settings
 
 __all__ = [
     "AckNotApplied",
