@@ -56,7 +56,7 @@ class Finish:
 
 @dataclass(slots=True)
 class Ingest:
-    """A remote producer's batch (DESIGN §9): items at producer indices ``first_index``...
+    """A remote producer's batch (docs/protocol.md, remote producers): items at producer indices ``first_index``...
 
     Items are ``("event", (event, kind))``, ``("usage", record)``, ``("complete", final)`` or
     ``("error", message)``. The reply (``{ok, nextIndex, seq?, aborted?}``) is sent once every

@@ -1,6 +1,6 @@
 """Resume snapshots by job length, against the Redis way; and a late reader catching up.
 
-Resume (DESIGN §7.4): a reader asks *another* replica than the owner for the snapshot, as an
+Resume (docs/protocol.md, resume): a reader asks *another* replica than the owner for the snapshot, as an
 SSE gateway would: one KV read of the record, then the owner answers from memory. Jobs of
 100, 1,000 and 10,000 LibreChat-shaped events (``service.simulate.generation``: created,
 reasoning, a tool call, then text deltas). Baseline: LibreChat's resume from Redis (read the

@@ -1,4 +1,4 @@
-"""Requests and replies of the ``genjobs`` service API (DESIGN §8) and the remote-ingest batch (§9).
+"""Requests and replies of the ``genjobs`` service API (docs/protocol.md, the service API) and the remote-ingest batch (docs/protocol.md, remote producers).
 
 Where the LibreChat shapes come from (danny-avila/LibreChat):
 
@@ -12,7 +12,7 @@ Where the LibreChat shapes come from (danny-avila/LibreChat):
   ``GenerationJobManager.getResumeState`` and sent as the ``{sync: true, resumeState}`` event;
   genjobs adds ``status`` and ``seq`` (the reader continues from ``seq + 1``).
 - ``AbortResult {success, jobData, content, finalEvent, text, collectedUsage}``: ``IJobStore.ts``;
-  genjobs adds ``usageAlreadyClaimed`` (DESIGN §7.8).
+  genjobs adds ``usageAlreadyClaimed`` (docs/protocol.md, deviation d).
 - ``{activeJobIds}``: the ``/chat/active`` route; counts ``{running, complete, error, aborted}``:
   ``GenerationJobManager.getJobCountByStatus``.
 - ingest metadata: ``GenerationJobMetadata`` in ``packages/api/src/types/stream.ts``, the fields
@@ -87,7 +87,7 @@ class CreateRequest(_Request, frozen=True, kw_only=True):
 
 
 class JobRequest(_Request, frozen=True, kw_only=True):
-    """A request naming a job: the caller's identity travels with it (DESIGN §7.13)."""
+    """A request naming a job: the caller's identity travels with it (docs/protocol.md, Authorization)."""
 
     job_id: str
     user_id: str
@@ -179,7 +179,7 @@ class CountsReply(_Reply, frozen=True, kw_only=True):
     aborted: int
 
 
-# -- remote ingest (DESIGN §9) --------------------------------------------------------------
+# -- remote ingest (docs/protocol.md, remote producers) --------------------------------------------------------------
 
 
 class IngestUserMessage(_Request, frozen=True, kw_only=True):
@@ -349,5 +349,5 @@ def decode_ingest(data: bytes | str) -> IngestBatch:
 
 
 def error_body(code: ErrorCode, message: str) -> bytes:
-    """The error reply body of DESIGN §8."""
+    """The error reply body (docs/protocol.md, Errors)."""
     return encode(ErrorBody(error=ErrorDetail(code=code.value, message=message)))

@@ -1,4 +1,4 @@
-"""The error vocabulary shared by the Python API and the wire (DESIGN §8).
+"""The error vocabulary shared by the Python API and the wire (docs/protocol.md, the service API).
 
 Each error carries the structured code of the service API and the fields a caller needs to act
 on it; nats-py exceptions are translated into these at the adapter boundary.
@@ -20,7 +20,7 @@ class GenjobsError(Exception):
         self.details = details
 
     def body(self) -> dict[str, Any]:
-        """The error body of DESIGN §8."""
+        """The error body of the service API (docs/protocol.md, Errors)."""
         return {"error": {"code": self.code, "message": self.message}}
 
 

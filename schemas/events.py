@@ -1,7 +1,7 @@
 """LibreChat's server-sent events as msgspec types, their kinds, and the abort/error builders.
 
 An event is carried through genjobs as the plain JSON object a LibreChat client receives in an
-SSE ``data:`` line (DESIGN §5). The Structs below exist to *check* producer input
+SSE ``data:`` line (docs/protocol.md, the event log). The Structs below exist to *check* producer input
 (:func:`validate_event`) and to *build* the events genjobs itself emits; events are never
 re-encoded from a Struct, because Structs drop the fields they do not model and LibreChat keeps
 adding fields.
@@ -68,7 +68,7 @@ TERMINAL_KINDS: Final = frozenset({EventKind.FINAL, EventKind.ERROR})
 
 
 def is_terminal(kind: EventKind) -> bool:
-    """Exactly one terminal event ends a job's log (DESIGN §5)."""
+    """Exactly one terminal event ends a job's log (docs/protocol.md, the event log)."""
     return kind in TERMINAL_KINDS
 
 

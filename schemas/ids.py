@@ -1,4 +1,4 @@
-"""Identifier validation (DESIGN §3): ids end up in subjects and KV keys, so they are checked first."""
+"""Identifier validation (docs/protocol.md, Identifiers): ids end up in subjects and KV keys, so they are checked first."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The job record in KV ``genjobs-jobs`` (DESIGN §6) and the job lifecycle.
+"""The job record in KV ``genjobs-jobs`` (docs/protocol.md, KV buckets) and the job lifecycle.
 
 Field names on the wire are LibreChat's ``SerializableJobData`` camelCase; ours are added with
 defaults so older records still decode. The lifecycle's transitions live here and nowhere else.
@@ -105,7 +105,7 @@ def record_to_dict(rec: JobRecord) -> dict[str, Any]:
     return out
 
 
-# Fields a producer may set through metadata updates (DESIGN §7.2).
+# Fields a producer may set through metadata updates (docs/protocol.md, job records).
 METADATA_FIELDS = {
     "responseMessageId": "response_message_id",
     "sender": "sender",

@@ -2,7 +2,7 @@
 
 The I/O lives in :mod:`service.sessions`; this module is what a caller needs to name a session,
 handle its errors and read its events. Consumer names (deterministic, injective, always a valid
-JetStream name): ``job_id`` and ``name`` must match ``[A-Za-z0-9_-]{1,128}`` (DESIGN §3) and are
+JetStream name): ``job_id`` and ``name`` must match ``[A-Za-z0-9_-]{1,128}`` (docs/protocol.md, Identifiers) and are
 checked before anything reaches the server. The consumer is ``sess_<len(job_id)>_<job_id>_<name>``
 when that is at most 128 characters (readable in ``nats consumer ls``; the length prefix makes
 ``("a_b", "c")`` and ``("a", "b_c")`` differ), else

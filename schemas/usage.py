@@ -1,4 +1,4 @@
-"""Token usage per model call, as LibreChat collects it for billing (DESIGN §7.8).
+"""Token usage per model call, as LibreChat collects it for billing (docs/protocol.md, deviation d).
 
 Source shapes (danny-avila/LibreChat):
 

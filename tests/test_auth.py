@@ -1,4 +1,4 @@
-"""The users of ``nats.conf`` (DESIGN §7.13) against the session server, which runs that file.
+"""The users of ``nats.conf`` (docs/protocol.md, Authorization) against the session server, which runs that file.
 
 The permissions name the default prefix, so these tests use ``genjobs`` (not a per-test prefix);
 every job id is unique, and nothing here depends on another test's jobs. Denied publishes are

@@ -309,7 +309,7 @@ def test_tail_follows_a_job_live_and_ends_after_its_final_event(served: dict[str
             if tail.poll() is None:
                 tail.kill()
     got = [json.loads(line) for line in lines.rest() if line]
-    # Deltas of one batch may be stored merged (DESIGN §5): compare indices and content.
+    # Deltas of one batch may be stored merged (docs/protocol.md, the event log): compare indices and content.
     assert [g["index"] for g in got] == list(range(len(got)))
     seqs = [g["seq"] for g in got]
     assert seqs == sorted(set(seqs))

@@ -17,8 +17,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from service.nats import directget
 from service.config import Settings
+from service.nats import directget
 from service.nats.directget import (
     DirectGetError,
     StoredMsg,

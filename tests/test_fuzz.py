@@ -1,4 +1,4 @@
-"""Fuzzing the service API and the ingest subject of a running job (DESIGN §7.14, issue 5).
+"""Fuzzing the service API and the ingest subject of a running job (docs/protocol.md, Errors, issue 5).
 
 A seeded PRNG builds a few thousand payloads: random bytes, truncated and corrupted JSON, wrong
 types, deep nesting, strings around the size limit, unknown fields, invalid ids, unknown

@@ -1,4 +1,4 @@
-"""Subscriber presence and the syncSent marker (DESIGN §7.11), across processes' hubs."""
+"""Subscriber presence and the syncSent marker (docs/protocol.md, presence), across processes' hubs."""
 
 from __future__ import annotations
 

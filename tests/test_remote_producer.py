@@ -1,4 +1,4 @@
-"""A remote producer in the style of any language (DESIGN §9): it knows NATS and JSON, nothing of
+"""A remote producer in the style of any language (docs/protocol.md, remote producers): it knows NATS and JSON, nothing of
 genjobs. The producer functions below use only ``nats``, ``json`` and ``asyncio``; the tests use
 genjobs to check what they did (issue 5)."""
 

@@ -1,4 +1,4 @@
-"""Durable reader sessions (DESIGN §7.3b) against a real nats-server.
+"""Durable reader sessions (docs/protocol.md, Durable reader sessions) against a real nats-server.
 
 Events are published here the way the owner actor publishes them: one message per event on the
 job's subject with ``Genjobs-Kind`` and ``Genjobs-Index``. Unless a test says otherwise, every

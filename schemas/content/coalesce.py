@@ -1,4 +1,4 @@
-"""Merging consecutive text or reasoning deltas of one step into a single event (DESIGN §5).
+"""Merging consecutive text or reasoning deltas of one step into a single event (docs/protocol.md, the event log).
 
 Under load a publisher may hold back the next event while a publish is in flight and fold later
 deltas into it, so readers get fewer, larger messages. That is only allowed when the aggregate

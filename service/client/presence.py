@@ -1,4 +1,4 @@
-"""Subscriber presence (DESIGN §7.11): how many readers watch a job, and who notices the last leave.
+"""Subscriber presence (docs/protocol.md, presence): how many readers watch a job, and who notices the last leave.
 
 Readers can be in any process, so presence is announced, not counted locally: each reader hub
 publishes ``{hub, count, ttl}`` on ``<prefix>.presence.<job_id>`` when a job gains its first

@@ -109,7 +109,7 @@ class JobHandle:
         return snap
 
     async def update_metadata(self, **fields: Any) -> None:
-        """Persist metadata (camelCase names of DESIGN §7.2: responseMessageId, sender, ...).
+        """Persist metadata (camelCase names of docs/protocol.md, job records: responseMessageId, sender, ...).
 
         Raises:
             BadRequest: an unknown field.  JobEnded: the job has ended.

@@ -1,7 +1,7 @@
 """Readers of a job's events: replay from the stream, then follow live, exactly once, in order.
 
 No JetStream consumer per reader: an ordered consumer costs the client a polling and a heartbeat
-task (NATS-NOTES: ~38 % of a core at 3,000). The stream republishes every stored event on the
+task (docs/nats-py.md: ~38 % of a core at 3,000). The stream republishes every stored event on the
 core subject ``<prefix>.live.<job_id>`` with ``Nats-Sequence`` and ``Nats-Last-Sequence`` (the
 previous seq on the same subject), so a reader needs one core subscription per job and process
 (shared by all its readers here, with a ``cb=`` callback) plus Direct Get batches for history.
@@ -370,7 +370,7 @@ class LiveHub:
     """All readers of one connection: one live subscription per job, shared and ref-counted.
 
     ``on_first_reader(job_id)`` / ``on_last_reader_left(job_id)`` are awaited when a job gets
-    its first reader in this hub / loses its last one (presence, DESIGN §7.11); their errors
+    its first reader in this hub / loses its last one (presence, docs/protocol.md, presence); their errors
     are logged and never reach readers.
     """
 

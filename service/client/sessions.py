@@ -1,4 +1,4 @@
-"""Durable reader sessions (DESIGN §7.3b): LibreChat's consumer-group API on JetStream.
+"""Durable reader sessions (docs/protocol.md, Durable reader sessions): LibreChat's consumer-group API on JetStream.
 
 A reader that wants the *server* to remember how far it got opens a named session on a job. The
 session is a durable pull consumer on the job's subject, so its position survives the reader's

@@ -1,4 +1,4 @@
-"""Idempotent creation of the event stream, the cleanup queue and the KV buckets (DESIGN §4).
+"""Idempotent creation of the event stream, the cleanup queue and the KV buckets (docs/protocol.md, The event stream).
 
 Provisioning never runs silently on settings the code did not ask for: if a stream or bucket
 exists with different settings, :class:`ProvisionMismatch` lists every difference and the
@@ -134,7 +134,7 @@ def _diff(want: StreamConfig, have: StreamConfig) -> dict[str, tuple[Any, Any]]:
         if f in ("max_bytes", "max_consumers") and (w in (-1, 0) and h in (-1, 0, None)):
             continue
         if f == "max_consumers" and h == -1 and w > 0:
-            # nats-server reports -1 even when a positive limit is stored (NATS-NOTES).
+            # nats-server reports -1 even when a positive limit is stored (docs/nats-py.md).
             continue
         if bool(w) is w and not w and not h:
             continue

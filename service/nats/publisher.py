@@ -2,7 +2,7 @@
 
 Why not ``js.publish`` / ``publish_async``: one ``await js.publish`` creates a reply inbox future
 and parses the ack with the json module (~3.5k msgs/s), and ``publish_async`` futures never time
-out (NATS-NOTES). Here every publish goes out as a core publish whose reply subject is a token
+out (docs/nats-py.md). Here every publish goes out as a core publish whose reply subject is a token
 under one wildcard inbox owned by this object; acks are decoded with msgspec and resolve a
 future, and a timer per publish turns a lost ack into :class:`PublishTimeout`.
 

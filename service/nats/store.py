@@ -41,7 +41,7 @@ _enc = msgspec.json.Encoder()
 
 
 def _ttl(seconds: float | None) -> float | None:
-    # The server takes whole seconds, at least 1 (NATS-NOTES).
+    # The server takes whole seconds, at least 1 (docs/nats-py.md).
     return None if seconds is None else float(max(1, math.ceil(seconds)))
 
 
@@ -180,7 +180,7 @@ class Store:
         return await ride_out(op, budget=self.s.publish_outage_budget, what=what)
 
     async def _cas_with_ttl(self, bucket: str, key: str, data: bytes, rev: int, ttl: float) -> int:
-        # kv.update carries no TTL; a raw publish with the CAS header does (NATS-NOTES).
+        # kv.update carries no TTL; a raw publish with the CAS header does (docs/nats-py.md).
         try:
             ack = await self.js.publish(
                 f"$KV.{bucket}.{key}",

@@ -1,4 +1,4 @@
-"""The ``genjobs`` NATS micro service (DESIGN §8) and the remote-ingest subjects (§9) of a replica.
+"""The ``genjobs`` NATS micro service (docs/protocol.md, the service API) and the remote-ingest subjects (docs/protocol.md, remote producers) of a replica.
 
     api = ServiceApi(replica)        # a started Replica
     await api.start()                # before taking traffic

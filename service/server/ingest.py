@@ -1,4 +1,4 @@
-"""Remote producers (DESIGN §9): batches on ``<prefix>.ingest.<job_id>``, answered by the owner.
+"""Remote producers (docs/protocol.md, remote producers): batches on ``<prefix>.ingest.<job_id>``, answered by the owner.
 
 Every replica subscribes (no queue group) and only the job's owner answers, like the abort
 subject. A batch is decoded and queued to the job's actor inside the subscription callback, so

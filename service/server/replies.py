@@ -1,7 +1,7 @@
 """Answers to micro-service requests and ingest batches: one error shape for every client.
 
 Every failure carries the micro error headers (``Nats-Service-Error``,
-``Nats-Service-Error-Code``) and the body ``{"error": {"code", "message"}}`` (DESIGN §8), so a
+``Nats-Service-Error-Code``) and the body ``{"error": {"code", "message"}}`` (docs/protocol.md, the service API), so a
 `nats req` user, a nats.micro client and our own SDK all read the same thing.
 """
 

@@ -134,7 +134,7 @@ class ServeProcess:
             self._thread.join(5)
 
 
-# --- a remote producer (DESIGN §9), in plain NATS requests ----------------------------------
+# --- a remote producer (docs/protocol.md, remote producers), in plain NATS requests ----------------------------------
 
 
 class ServiceError(Exception):

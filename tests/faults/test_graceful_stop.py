@@ -1,7 +1,7 @@
 """Item 5 — graceful stop: SIGTERM a real `genjobs serve` owning running jobs mid-generation.
 
-Remote producers stream into the replica over plain NATS (DESIGN §9), readers follow every job.
-What must hold (DESIGN §7.15): every running job gets its terminal event ("interrupted: replica
+Remote producers stream into the replica over plain NATS (docs/protocol.md, remote producers), readers follow every job.
+What must hold (docs/reliability.md): every running job gets its terminal event ("interrupted: replica
 shutting down"), every batch the replica acknowledged is stored, the producers learn that their
 job ended, nobody keeps waiting, and the process exits 0 within the grace period.
 """

@@ -1,6 +1,6 @@
 """Item 4 — owner replica crash: kill -9 a real `genjobs serve` owning running jobs.
 
-Two `genjobs serve` processes share the jobs of remote producers (plain NATS, DESIGN §9);
+Two `genjobs serve` processes share the jobs of remote producers (plain NATS, docs/protocol.md, remote producers);
 readers follow every job. Replica A is killed mid-generation. What must hold:
 
 * readers of A's jobs receive the terminal error ("owner lost") within the lease window;
