@@ -40,6 +40,11 @@ bench-deps:
     command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
     {{py}} -m pip install -q -e '.[bench]'
 
+# Debian's chromium for the browser tests (tests/http/test_browser.py drives it with Playwright's
+# Python API at /usr/bin/chromium; Playwright's own browser download is never used).
+browser-deps:
+    command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
 # Long fault-injection variants (kill -9, restarts, cluster failover; the short ones run in
 # `just test`). Figures go to the terminal and, as JSON lines, to $GENJOBS_FAULTS_REPORT if set.
 chaos *ARGS:
