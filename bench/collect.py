@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.figures import DELIVERY_RATES, SIZES, SPECS, error, figure, skipped
+from bench.figures import (
+    DELIVERY_RATES,
+    SIZES,
+    SPECS,
+    SSE_CLIENTS,
+    SSE_RESUME_SIZES,
+    SSE_SYSTEMS,
+    error,
+    figure,
+    skipped,
+)
 
 
 def _runs_ok(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
@@ -151,4 +161,90 @@ def aggregator(raw: dict[str, Any]) -> dict[str, Any]:
             n=raw["repeat"],
             params={"fixture": raw["fixture"], "events": raw["events"], "repeat": raw["repeat"]},
         )
+    return out
+
+
+def sse(raw: dict[str, Any], params: dict[str, Any], ds_reason: str | None) -> dict[str, Any]:
+    """Run ``i`` of the plan's client counts fills the keys of ``SSE_CLIENTS[i]`` (the smoke
+    plan holds fewer clients; ``params`` says how many)."""
+    out: dict[str, Any] = {}
+    for i, n in enumerate(SSE_CLIENTS):
+        actual = params["clients"][i]
+        for system, _ in SSE_SYSTEMS:
+            k = f"sse.{system}.{n}"
+            keys = [key for key in SPECS if key.startswith(k + ".")]
+            if system == "ds" and ds_reason:
+                out.update({key: skipped(ds_reason) for key in keys})
+                continue
+            run = raw.get("runs", {}).get(f"{system}.{actual}", {"error": "not run"})
+            if "error" in run:
+                out.update({key: error(run["error"]) for key in keys})
+                continue
+            c = run["clients"]
+            p = {
+                "clients": actual,
+                "jobs": c["jobs"],
+                "tokens_per_s_per_job": params["rate"],
+                "duration_s": params["duration"],
+                "deliveries": c["deliveries"],
+                "client_cpu_pct": round(c["client_cpu_pct"], 1),
+                "producer_cpu_pct": round(run["producer"]["producer_cpu_pct"], 1),
+                "nats_server_cpu_pct": run["nats_server_cpu_pct"],
+                "server_cpu_pct": round(run["server_cpu_pct"], 1),
+            }
+            spread = {**p, "spread": "the run cut in three by emit time"}
+            out[f"{k}.p50_ms"] = figure(c["p50_ms"], value=c["p50_ms_all"], params=spread)
+            out[f"{k}.p99_ms"] = figure(
+                c["p99_ms"], value=c["p99_ms_all"], params={**spread, "max_ms": c["max_ms"]}
+            )
+            out[f"{k}.deliveries_per_s"] = figure([run["deliveries_per_s"]], params=p)
+            out[f"{k}.cpu_per_1000_pct"] = figure([run["cpu_per_1000_pct"]], params=p)
+            out[f"{k}.idle_kb"] = figure(
+                [run["idle_kb"]],
+                params={"connections": actual - c["jobs"], "rss_start_mb": run["rss_start_mb"]},
+            )
+            windows = run["idle_cpu_pct_windows"]
+            out[f"{k}.idle_cpu_pct"] = figure(
+                windows,
+                value=sum(windows) / len(windows),
+                params={
+                    "connections": actual,
+                    "window_s": params["idle_window"],
+                    "spread": "five sub-windows",
+                },
+            )
+    for system, _ in SSE_SYSTEMS:
+        keys = [f"sse.{system}.resume.{n}.{q}_ms" for n in SSE_RESUME_SIZES for q in ("p50", "p99")]
+        if system == "ds" and ds_reason:
+            out.update({key: skipped(ds_reason) for key in keys})
+            continue
+        res = raw.get("resume", {}).get(system, {"error": "not run"})
+        for i, n in enumerate(SSE_RESUME_SIZES):
+            actual = params["resume_sizes"][i]
+            for q in ("p50", "p99"):
+                key = f"sse.{system}.resume.{n}.{q}_ms"
+                if "error" in res:
+                    out[key] = error(res["error"])
+                    continue
+                out[key] = figure(
+                    res[str(actual)][f"{q}_ms"],
+                    params={
+                        "events": actual,
+                        "samples_per_block": params["resume_samples"],
+                        "how": "new connection, events after the 10th last one",
+                    },
+                )
+    n = SSE_CLIENTS[0]
+    for key, field, how in (
+        ("sse.vs_ds.2000.throughput_x", "deliveries_per_s", "genjobs / reference"),
+        ("sse.vs_ds.2000.p99_x", "p99_ms", "genjobs / reference"),
+    ):
+        if ds_reason:
+            out[key] = skipped(ds_reason)
+            continue
+        a, b = out[f"sse.genjobs.{n}.{field}"], out[f"sse.ds.{n}.{field}"]
+        if a["status"] != "ok" or b["status"] != "ok":
+            out[key] = error(a.get("reason") or b.get("reason") or "not run")
+            continue
+        out[key] = figure([a["median"] / b["median"]], params={"how": how})
     return out

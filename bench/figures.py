@@ -15,6 +15,9 @@ from typing import Any
 
 SIZES = (100, 1000, 10000)
 DELIVERY_RATES = (20, 50)
+SSE_CLIENTS = (2000, 10000)
+SSE_RESUME_SIZES = (100, 10000)
+SSE_SYSTEMS = (("genjobs", "genjobs gateway"), ("ds", "Durable Streams reference"))
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class Spec:
     label: str
     unit: str
     redis: bool = False  # skipped, not failed, when the Redis baseline cannot run
+    node: bool = False  # skipped, not failed, when the Durable Streams reference cannot run
 
 
 def _ingest() -> list[Spec]:
@@ -72,6 +76,78 @@ def _resume() -> list[Spec]:
     return out
 
 
+def _sse() -> list[Spec]:
+    sec = "8. SSE fan-out"
+    out = []
+    for n in SSE_CLIENTS:
+        for system, name in SSE_SYSTEMS:
+            ds = system == "ds"
+            k = f"sse.{system}.{n}"
+            out += [
+                Spec(f"{k}.p50_ms", sec, f"{name}, {n:,} clients: delivery p50", "ms", node=ds),
+                Spec(f"{k}.p99_ms", sec, f"{name}, {n:,} clients: delivery p99", "ms", node=ds),
+                Spec(
+                    f"{k}.deliveries_per_s",
+                    sec,
+                    f"{name}, {n:,} clients: tokens delivered",
+                    "deliveries/s",
+                    node=ds,
+                ),
+                Spec(
+                    f"{k}.cpu_per_1000_pct",
+                    sec,
+                    f"{name}, {n:,} clients: server CPU per 1,000 clients, streaming",
+                    "% of a core",
+                    node=ds,
+                ),
+                Spec(
+                    f"{k}.idle_kb",
+                    sec,
+                    f"{name}, {n:,} clients: server RSS per idle connection",
+                    "KB",
+                    node=ds,
+                ),
+                Spec(
+                    f"{k}.idle_cpu_pct",
+                    sec,
+                    f"{name}, {n:,} idle connections: server CPU",
+                    "% of a core",
+                    node=ds,
+                ),
+            ]
+    for system, name in SSE_SYSTEMS:
+        for n in SSE_RESUME_SIZES:
+            for q in ("p50", "p99"):
+                out.append(
+                    Spec(
+                        f"sse.{system}.resume.{n}.{q}_ms",
+                        sec,
+                        f"{name}, resume first event, {n:,} events: {q}",
+                        "ms",
+                        node=system == "ds",
+                    )
+                )
+    out.append(
+        Spec(
+            "sse.vs_ds.2000.throughput_x",
+            sec,
+            "genjobs / reference, tokens delivered at 2,000 clients",
+            "x",
+            node=True,
+        )
+    )
+    out.append(
+        Spec(
+            "sse.vs_ds.2000.p99_x",
+            sec,
+            "genjobs / reference, delivery p99 at 2,000 clients",
+            "x",
+            node=True,
+        )
+    )
+    return out
+
+
 CATALOGUE: list[Spec] = [
     *_ingest(),
     *_resume(),
@@ -103,6 +179,7 @@ CATALOGUE: list[Spec] = [
         "events/s",
     ),
     Spec("aggregator.coalesce.events_per_s", "7. Aggregator", "coalescing", "events/s"),
+    *_sse(),
 ]
 SPECS = {s.key: s for s in CATALOGUE}
 KEYS = [s.key for s in CATALOGUE]
@@ -183,6 +260,24 @@ TARGETS: list[Target] = [
     Target("abort reply p99", ("abort.reply.p99_ms",), _le(20), "<= 20 ms"),
     Target("memory per running job", ("memory.job_kb",), _le(16), "<= 16 KB"),
     Target("2,000 idle readers", ("readers.idle_cpu_pct",), _le(30), "<= 30 % of one core"),
+    Target("SSE idle memory", ("sse.genjobs.10000.idle_kb",), _le(10), "<= 10 KB per connection"),
+    Target(
+        "SSE idle CPU", ("sse.genjobs.10000.idle_cpu_pct",), _le(10), "<= 10 % of a core, 10,000"
+    ),
+    Target("SSE delivery p99", ("sse.genjobs.2000.p99_ms",), _le(50), "<= 50 ms at 2,000 clients"),
+    Target(
+        "SSE resume first event",
+        tuple(f"sse.genjobs.resume.{n}.p50_ms" for n in SSE_RESUME_SIZES),
+        _le(5),
+        "p50 <= 5 ms at 100 and 10,000 events",
+    ),
+    Target(
+        "SSE vs reference throughput",
+        ("sse.vs_ds.2000.throughput_x",),
+        _ge(1),
+        ">= 1x at 2,000 clients",
+    ),
+    Target("SSE vs reference p99", ("sse.vs_ds.2000.p99_x",), _le(1), "<= 1x at 2,000 clients"),
 ]
 
 

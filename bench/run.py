@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import collect, report
+from bench.durable_ref import durable_ref_missing
 from bench.figures import KEYS, SPECS, evaluate, skipped
 from bench.infra import (
     REPO,
@@ -41,7 +42,7 @@ from bench.infra import (
     redis_missing,
 )
 
-SECTIONS = ("ingest", "resume", "abort", "memory", "readers", "delivery", "aggregator")
+SECTIONS = ("ingest", "resume", "abort", "memory", "readers", "delivery", "aggregator", "sse")
 
 FULL: dict[str, dict[str, Any]] = {
     "ingest": {"jobs": 200, "flat_duration": 3.0, "paced_duration": 4.0, "rate": 50, "rounds": 3},
@@ -58,6 +59,16 @@ FULL: dict[str, dict[str, Any]] = {
     "readers_idle": {"readers": 2000, "settle": 5.0, "window": 10.0},
     "delivery": {"readers": 1000, "jobs": 250, "rates": [20, 50], "duration": 5.0},
     "aggregator": {"repeat": 5},
+    "sse": {
+        "jobs": 250,
+        "clients": [2000, 10000],
+        "rate": 20,
+        "duration": 10.0,
+        "idle_window": 10.0,
+        "resume_sizes": [100, 10000],
+        "resume_samples": 50,
+        "resume_blocks": 3,
+    },
 }
 
 SMOKE: dict[str, dict[str, Any]] = {
@@ -75,6 +86,16 @@ SMOKE: dict[str, dict[str, Any]] = {
     "readers_idle": {"readers": 30, "settle": 0.2, "window": 0.5},
     "delivery": {"readers": 20, "jobs": 5, "rates": [20, 50], "duration": 0.4},
     "aggregator": {"repeat": 1},
+    "sse": {
+        "jobs": 4,
+        "clients": [8, 16],
+        "rate": 20,
+        "duration": 0.3,
+        "idle_window": 0.2,
+        "resume_sizes": [100, 10000],
+        "resume_samples": 3,
+        "resume_blocks": 3,
+    },
 }
 
 TIMEOUTS = {"full": 300.0, "smoke": 30.0}
@@ -92,6 +113,7 @@ class Bench:
         self.nats = NatsServer()
         self.redis: RedisServer | None = None
         self.redis_reason = redis_missing()
+        self.ds_reason = durable_ref_missing()
         self.sections: dict[str, dict[str, Any]] = {}
 
     # --- workers ------------------------------------------------------------------------------
@@ -205,6 +227,11 @@ class Bench:
     def aggregator(self) -> dict[str, Any]:
         return self.worker("aggregator", self.plan["aggregator"])
 
+    def sse(self) -> dict[str, Any]:
+        from bench.sse_run import SseSection
+
+        return SseSection(self, self.ds_reason).run()
+
     def _say(self, what: str, result: dict[str, Any], key: str) -> None:
         value = result.get(key) if key != "p99" else result.get("readers", {}).get("p99_ms_all")
         text = f"{value:,.0f}" if isinstance(value, float) else result.get("error", "")
@@ -248,11 +275,15 @@ class Bench:
             figs.update(collect.delivery(sec["delivery"]))
         if "aggregator" in sec:
             figs.update(collect.aggregator(sec["aggregator"]))
+        if "sse" in sec:
+            figs.update(collect.sse(sec["sse"], self.plan["sse"], self.ds_reason))
         for key in KEYS:
             if key not in figs:
                 figs[key] = skipped("section not selected (--only)")
             elif SPECS[key].redis and rr and figs[key]["status"] != "skipped":
                 figs[key] = skipped(rr)
+            elif SPECS[key].node and self.ds_reason and figs[key]["status"] != "skipped":
+                figs[key] = skipped(self.ds_reason)
         return figs
 
 
@@ -307,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                     bench.redis_reason, bench.redis = str(e), None
             if bench.redis_reason:
                 print(f"Redis baseline skipped: {bench.redis_reason}")
+            if bench.ds_reason and "sse" in only:
+                print(f"Durable Streams reference skipped: {bench.ds_reason}")
             figures = bench.run(only)
         finally:
             bench.nats.stop()
@@ -328,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "plan": plan,
         "redis": {"skipped": bench.redis_reason},
+        "durable_ref": {"skipped": bench.ds_reason},
         "sections": {
             k: {kk: vv for kk, vv in v.items() if kk != "raw"} for k, v in bench.sections.items()
         },

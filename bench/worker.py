@@ -33,6 +33,11 @@ TASKS: dict[str, str] = {
     "delivery_readers": "bench.delivery:run_readers",
     "delivery_producer": "bench.delivery:run_producer",
     "aggregator": "bench.delivery:run_aggregator",
+    "sse_genjobs_producer": "bench.sse:run_genjobs_producer",
+    "sse_ds_feeder": "bench.sse:run_ds_feeder",
+    "sse_clients": "bench.sse:run_clients",
+    "sse_resume_genjobs": "bench.sse:run_resume_genjobs",
+    "sse_resume_ds": "bench.sse:run_resume_ds",
 }
 
 
