@@ -191,6 +191,8 @@ def sse(raw: dict[str, Any], params: dict[str, Any], ds_reason: str | None) -> d
                 "producer_cpu_pct": round(run["producer"]["producer_cpu_pct"], 1),
                 "nats_server_cpu_pct": run["nats_server_cpu_pct"],
                 "server_cpu_pct": round(run["server_cpu_pct"], 1),
+                "offered_deliveries_per_s": round(run["offered_per_s"]),
+                "delivering_s": round(run["delivering_s"], 1),
             }
             spread = {**p, "spread": "the run cut in three by emit time"}
             out[f"{k}.p50_ms"] = figure(c["p50_ms"], value=c["p50_ms_all"], params=spread)

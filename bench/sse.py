@@ -47,6 +47,7 @@ from bench.sse_client import (
     wait_until,
 )
 from service.config import Settings
+from service.server.api import ServiceApi
 from service.server.replica import Replica
 
 USER = "bench-user"
@@ -102,6 +103,8 @@ async def run_genjobs_producer(cfg: dict[str, Any]) -> dict[str, Any]:
     p = cfg["params"]
     replica = Replica(Settings(nats_url=cfg["nats_url"], prefix=cfg["prefix"]))
     await replica.start()
+    api = ServiceApi(replica)  # the gateway asks the service whose job a stream is
+    await api.start()
     try:
         handles = await bounded_map(
             lambda i: replica.create_job(USER, job_id=_job(i)), range(p["jobs"])
@@ -121,6 +124,7 @@ async def run_genjobs_producer(cfg: dict[str, Any]) -> dict[str, Any]:
 
         return await _pace(p, emit, finish)
     finally:
+        await api.stop()
         await replica.stop()
 
 
@@ -187,9 +191,15 @@ async def run_clients(cfg: dict[str, Any]) -> dict[str, Any]:
     await wait_until(totals, lambda: totals.first_events + totals.dropped >= n, p["timeout"])
     _say("READY")
     meter = CpuMeter()
+    timed_out = 0
+
+    def over() -> bool:  # every client ended, was dropped or refused (a count, not a scan)
+        return totals.ended + totals.dropped + sum(totals.bad_status.values()) >= n
+
     try:
-        await wait_until(totals, lambda: all(c.done for c in clients), p["timeout"] + p["duration"])
+        await wait_until(totals, over, p["timeout"] + p["duration"])
     except TimeoutError:
+        timed_out = sum(1 for c in clients if not c.done)
         for c in clients:
             c.finish(ended=False)
     cpu = meter.percent()["self"]
@@ -203,7 +213,8 @@ async def run_clients(cfg: dict[str, Any]) -> dict[str, Any]:
         "events": totals.events,
         "ended": totals.ended,
         "dropped": totals.dropped,
-        "unfinished": sum(1 for c in clients if not c.done),
+        "timed_out": timed_out,
+        "last_token_ns": totals.last_token_ns,
         "bad_status": {str(k): v for k, v in totals.bad_status.items()},
         "duplicates": totals.duplicates,
         "out_of_order": totals.out_of_order,
@@ -255,6 +266,8 @@ async def run_resume_genjobs(cfg: dict[str, Any]) -> dict[str, Any]:
     p = cfg["params"]
     replica = Replica(Settings(nats_url=cfg["nats_url"], prefix=cfg["prefix"]))
     await replica.start()
+    api = ServiceApi(replica)
+    await api.start()
     out: dict[str, Any] = {}
     try:
         for n in p["resume_sizes"]:
@@ -274,6 +287,7 @@ async def run_resume_genjobs(cfg: dict[str, Any]) -> dict[str, Any]:
             request = get_request("127.0.0.1", cfg["port"], path, headers)
             out[str(n)] = await _measure(p, cfg["port"], request, "genjobs")
     finally:
+        await api.stop()
         await replica.stop()
     return out
 

@@ -44,6 +44,8 @@ class Totals:
     bad_status: dict[int, int] = field(default_factory=dict)
     duplicates: int = 0
     out_of_order: int = 0
+    last_token_ns: int = 0
+    """When the last token was parsed (CLOCK_MONOTONIC): the end of the delivery window."""
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -196,6 +198,7 @@ class SseClient(asyncio.Protocol):
                 t.latency_ms.append((now - emitted) / 1e6)
                 t.emitted_ns.append(emitted)
                 t.tokens += 1
+            t.last_token_ns = now
         if self._end_re.search(complete):
             self.finish(ended=True)
 

@@ -14,14 +14,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.durable_ref import DurableRefServer
 from bench.infra import REPO, cpu_seconds, die_with_parent, rss_bytes
+from service.cli.common import READY_MARK
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -49,18 +48,19 @@ def bearer(user: str = USER) -> str:
 
 
 class GatewayServer:
-    """``genjobs gateway`` in a process of its own; ready when ``/readyz`` answers 200."""
+    """``genjobs gateway`` in a process of its own; ready at its ``genjobs: ready`` line."""
 
     def __init__(self, nats_url: str, prefix: str, log: Path) -> None:
         self.nats_url, self.prefix, self.log = nats_url, prefix, log
         self.port = _free_port()
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: subprocess.Popen[str] | None = None
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
     def start(self, timeout: float = 30.0) -> None:
+        """Raises: RuntimeError when the gateway does not say it is ready in time."""
         env = {
             **os.environ,
             "GENJOBS_NATS_URL": self.nats_url,
@@ -75,25 +75,20 @@ class GatewayServer:
                 cwd=REPO,
                 env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=err,
+                stdout=subprocess.PIPE,
                 stderr=err,
+                text=True,
                 preexec_fn=die_with_parent,
             )
-        url = f"http://127.0.0.1:{self.port}/readyz"
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self._proc.poll() is not None:
-                break
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)  # polling a child's readiness endpoint, bounded by ``timeout``
+        assert self._proc.stdout is not None
+        ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
+        line = self._proc.stdout.readline() if ready else ""
+        if READY_MARK in line:
+            # Nothing else is printed on stdout; the pipe stays open and unread.
+            return
         self.stop()
         tail = self.log.read_text().strip().splitlines()[-10:] if self.log.is_file() else []
-        raise RuntimeError("genjobs gateway did not become ready: " + " | ".join(tail))
+        raise RuntimeError("genjobs gateway did not become ready: " + " | ".join(tail or [line]))
 
     def stop(self) -> None:
         proc = self._proc
@@ -243,24 +238,27 @@ class SseSection:
             rss_ready = _rss(server.pid)
             idle = self._idle_cpu(server.pid, p["idle_window"])
             nats_pid = self.bench.nats.pid
-            c0, n0, t0 = _cpu(server.pid), _cpu(nats_pid), time.monotonic()
+            c0, n0, t0 = _cpu(server.pid), _cpu(nats_pid), time.monotonic_ns()
             producer.send("GO")
             prod = producer.result(self.timeout / 2)
-            wall = time.monotonic() - t0
+            # The window ends when the clients have read everything (they may lag behind).
+            cli = clients.result(self.timeout / 3)
+            wall = (time.monotonic_ns() - t0) / 1e9
             busy = 100 * (_cpu(server.pid) - c0) / wall
             nats_busy = 100 * (_cpu(nats_pid) - n0) / wall
-            cli = clients.result(self.timeout / 3)
         finally:
             for child in children:
                 child.kill()
             server.stop()
         if "error" in prod or "error" in cli:
             return {"error": prod.get("error") or cli.get("error")}
-        if cli["dropped"] or cli["unfinished"] or cli["bad_status"]:
+        if cli["ended"] != cli["clients"]:
             return {
-                "error": f"{cli['dropped']} dropped, {cli['unfinished']} unfinished, "
-                f"statuses {cli['bad_status']} of {cli['clients']} clients"
+                "error": f"of {cli['clients']} clients {cli['ended']} got the terminal event: "
+                f"{cli['dropped']} dropped, {cli['timed_out']} still reading after "
+                f"{p['timeout'] + p['duration']:.0f} s, statuses {cli['bad_status']}"
             }
+        delivering = max(1e-9, (cli["last_token_ns"] - t0) / 1e9)
         per_conn = max(1, p["clients"] - p["jobs"])
         return {
             "clients": cli,
@@ -269,10 +267,12 @@ class SseSection:
             "idle_kb": (rss_ready - rss_warm) / per_conn / 1024,
             "idle_cpu_pct_windows": idle,
             "streaming_s": wall,
+            "delivering_s": delivering,
+            "offered_per_s": prod["rate"] * (p["clients"] / p["jobs"]),
             "server_cpu_pct": busy,
             "cpu_per_1000_pct": busy / (p["clients"] / 1000),
             "nats_server_cpu_pct": nats_busy if system == "genjobs" else None,
-            "deliveries_per_s": cli["deliveries"] / wall,
+            "deliveries_per_s": cli["deliveries"] / delivering,
         }
 
     @staticmethod
