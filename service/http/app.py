@@ -35,6 +35,7 @@ from service.config import Settings
 from .auth import Authenticator
 from .chat import ChatRoutes
 from .config import HttpSettings
+from .demo import add_demo_routes
 from .errors import error_middleware
 from .health import ConnectionWatch, HealthRoutes, Readiness
 from .metrics import Metrics
@@ -94,6 +95,7 @@ def build_app(
     app[SETTINGS_KEY] = hs
     ChatRoutes(nc, settings, hs, auth, hub, metrics, heartbeats).add_to(app)
     HealthRoutes(nc, settings, hs, metrics, watch, readiness).add_to(app)
+    add_demo_routes(app)
     durable = _durable_app(nc, settings, hs)
     if durable is not None:
         app.add_subapp(DURABLE_PREFIX, durable)

@@ -13,7 +13,7 @@
 //                          pending events. Backoff 1, 2, 4, 8, 16 s (x ?retry=ms / 1000).
 //
 // Other parameters: job (required), token (a JWT: Authorization header for fetch, and
-// ?access_token= for EventSource, which cannot send headers), prefix (default
+// ?token= for EventSource, which cannot send headers), prefix (default
 // /api/agents/chat), fresh=1 (forget the kept state).
 //
 // The page shows what it received, nothing filtered: a duplicate or out-of-order event is
@@ -112,7 +112,17 @@
       }),
     );
   }
-  addEventListener("pagehide", saveNow);
+  // Leaving (a reload): the browser ends the stream and may report that as an error; the tab
+  // keeps what it had, it did not fail.
+  // (beforeunload comes first: Chromium cancels the EventSource, with an error event, before
+  // pagehide.)
+  let unloading = false;
+  const leaving = () => {
+    if (!unloading) saveNow();
+    unloading = true;
+  };
+  addEventListener("beforeunload", leaving);
+  addEventListener("pagehide", leaving);
 
   // --- applying LibreChat events ----------------------------------------------------------------
 
@@ -219,7 +229,7 @@
   function openEventSource() {
     const url = new URL(`${cfg.prefix}/stream/${encodeURIComponent(cfg.job)}`, location.href);
     if (view.lastSeq > 0) url.searchParams.set("after", String(view.lastSeq));
-    if (cfg.token) url.searchParams.set("access_token", cfg.token);
+    if (cfg.token) url.searchParams.set("token", cfg.token); // the gateway's GENJOBS_JWT_QUERY_PARAM
     let current = { via: "eventsource", after: view.lastSeq, seqs: [] };
     view.connections.push(current);
     let opened = false;
@@ -237,6 +247,7 @@
     };
     es.addEventListener("message", (e) => onFrame(Number(e.lastEventId || 0), JSON.parse(e.data), current));
     es.addEventListener("error", (e) => {
+      if (unloading) return;
       if (e.data) {
         // A server-sent `event: error` frame: terminal, as in LibreChat.
         view.events += 1;
@@ -276,6 +287,7 @@
         cache: "no-store",
       });
     } catch (err) {
+      if (unloading) return;
       return retryLater(`network error: ${err.message}`);
     }
     if (res.status === 404) {
@@ -305,6 +317,7 @@
         }
       }
     } catch (err) {
+      if (unloading) return;
       // sse.js fires `error` for a broken response (no responseCode): LibreChat reconnects.
       if (!isOver()) return retryLater(`stream broken: ${err.message}`);
       return;
@@ -448,8 +461,29 @@
 
   // --- start ------------------------------------------------------------------------------------
 
-  addEventListener("offline", () => note("browser offline"));
-  addEventListener("online", () => note("browser online"));
+  // Offline: the stream's TCP connection cannot be trusted any more (on a real network loss it
+  // may stay half-open for minutes, and the browser keeps it), so the tab drops it. The
+  // LibreChat client retries at once with its backoff (the attempts fail until the network is
+  // back); the EventSource tab opens a new EventSource when the browser is online again. Both
+  // continue after the last seq they have (?after=, then Last-Event-ID; or ?resume=true).
+  let offline = false;
+  addEventListener("offline", () => {
+    if (isOver()) return note("browser offline");
+    note("browser offline: dropping the connection, resuming by seq when back");
+    if (cfg.client === "librechat") {
+      controller?.abort(); // its read fails: the client's own retry path takes over
+    } else {
+      offline = true;
+      es?.close();
+      view.reconnects += 1;
+      setState("reconnecting");
+    }
+  });
+  addEventListener("online", () => {
+    note("browser online");
+    if (offline && !isOver()) openEventSource();
+    offline = false;
+  });
   $("stop").addEventListener("click", stop);
   $("job").textContent = cfg.job || "(no job: add ?job=<streamId>)";
   $("client").textContent = cfg.client;
