@@ -71,6 +71,11 @@ class Takeover:
         """This replica is ending ``job_id`` in its owner's place right now."""
         return job_id in self._busy
 
+    def pending_ending(self, job_id: str) -> Fail | Abort | None:
+        """The ending of the end in progress here for ``job_id`` (None: none in progress)."""
+        progress = self._busy.get(job_id)
+        return None if progress is None else progress.ending
+
     async def fail_orphan(self, rec: JobRecord, rev: int, reason: str = "owner lost") -> bool:
         """Give a dead owner's job its terminal error. False if it had ended meanwhile, or
         someone else is ending it."""
