@@ -7,6 +7,11 @@ py := env_var_or_default("PYTHON", "python")
 run:
     {{py}} -m service.cli demo
 
+# The demo with a browser view: prints the URL of a page that streams a generation live (seq
+# numbers, reconnects, a stop button); stays up until Ctrl-C.
+run-http ADDR="127.0.0.1:8080":
+    {{py}} -m service.cli demo --http {{ADDR}}
+
 # One replica (embedded nats-server unless GENJOBS_NATS_URL is set).
 serve *ARGS:
     {{py}} -m service.cli serve {{ARGS}}

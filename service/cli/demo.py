@@ -405,9 +405,25 @@ async def _run(args: argparse.Namespace, url: str, data_dir: str) -> bool:
     async with _replicas(url) as (a, b):
         row("replica A", f"{a.replica_id}: own NATS connection, serves genjobs.api.*")
         row("replica B", f"{b.replica_id}: own NATS connection, serves genjobs.api.*")
-        demo = Demo(url, a.s, a, b, max(30, args.tokens), max(0.0, args.token_delay))
-        await demo.generation_with_reader()
-        await demo.abort_from_b()
+        if not args.http:
+            return await _tour(args, url, a, b)
+        from service.cli.demo_http import BROWSER_JOB, browser_view
+
+        async with browser_view(a, b, args.http, USER) as view:
+            row("browser", f"job {BROWSER_JOB} on replica A, ~10 tokens/s, served by a gateway")
+            row("", "on replica B's connection; open the page (reload it, go offline, Stop):")
+            say(f"  {view.url}")
+            passed = await _tour(args, url, a, b)
+            say()
+            say("The page stays up until Ctrl-C.")
+            await view.linger()
+    return passed
+
+
+async def _tour(args: argparse.Namespace, url: str, a: Replica, b: Replica) -> bool:
+    demo = Demo(url, a.s, a, b, max(30, args.tokens), max(0.0, args.token_delay))
+    await demo.generation_with_reader()
+    await demo.abort_from_b()
     heading(4, "Checks")
     for ok, text in demo.checks.results:
         say(f"  {'✔' if ok else '✘'} {text}")
@@ -439,6 +455,8 @@ def main(args: argparse.Namespace) -> int:
     if passed:
         say(f"All checks passed in {time.monotonic() - started:.1f} s.")
         say("Next: `just test`, then README.md (run a replica: `genjobs serve`).")
+        if not args.http:
+            say("In a browser: `genjobs demo --http` (`just run-http`) prints a page's URL.")
         return EXIT_OK
     say("Some checks FAILED (✘ above).")
     return EXIT_FAILED

@@ -176,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="pause between tokens, like a model streaming (default: 0.01)",
     )
+    p.add_argument(
+        "--http",
+        nargs="?",
+        const="127.0.0.1:8080",
+        default=None,
+        metavar="HOST:PORT",
+        help="also serve the demo page on a gateway (default address 127.0.0.1:8080) and "
+        "stream a slow generation into it; prints the page's URL, stays up until Ctrl-C",
+    )
     _uvloop(p)
 
     p = sub.add_parser(
