@@ -10,6 +10,7 @@ over its SSE (``GET <stream>?offset=-1&live=sse``) with the same clients as the 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import threading
@@ -29,13 +30,21 @@ def durable_ref_missing() -> str | None:
     return None
 
 
-def package_version() -> str:
-    import json
-
+def durable_ref_versions() -> dict[str, str]:
+    """The reference server's package version and Node's, for the report."""
     try:
-        return str(json.loads(PACKAGE.read_text())["version"])
+        package = str(json.loads(PACKAGE.read_text())["version"])
     except (OSError, ValueError, KeyError):
-        return "absent"
+        package = "absent"
+    node = shutil.which("node")
+    version = "absent"
+    if node is not None:
+        try:
+            out = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=10)
+            version = out.stdout.strip()
+        except (OSError, subprocess.TimeoutExpired) as e:
+            version = f"unavailable ({e})"
+    return {"package": package, "node": version}
 
 
 class DurableRefServer:

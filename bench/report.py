@@ -101,6 +101,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f" {v['nats-server']}, nats-py {v['nats-py']}, {v['redis-server']},"
         f" redis-py {v['redis-py']}, msgspec {v['msgspec']}, uvloop {v['uvloop']}",
         f"- Redis baseline: {'skipped: ' + doc['redis']['skipped'] if doc['redis']['skipped'] else 'ran'}",
+        _durable_line(doc),
         f"- garbage collector in every worker: {_gc(m.get('gc', 'default'))}",
         "",
         "| section | seconds | load before | load after |",
@@ -135,10 +136,24 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _durable_line(doc: dict[str, Any]) -> str:
+    ref = doc.get("durable_ref") or {}
+    if ref.get("skipped"):
+        return f"- Durable Streams reference (SSE section): skipped: {ref['skipped']}"
+    return (
+        f"- Durable Streams reference (SSE section): @durable-streams/server {ref.get('package')}"
+        f" on Node {ref.get('node')}, in memory, ran"
+    )
+
+
 def _size(f: dict[str, Any]) -> str:
     """The size a figure was measured at, when it varies between full and smoke runs."""
     p = f.get("params", {})
-    parts = [f"{p[k]:,} {k}" for k in ("events", "jobs", "readers") if isinstance(p.get(k), int)]
+    parts = [
+        f"{p[k]:,} {k}"
+        for k in ("events", "clients", "connections", "jobs", "readers")
+        if isinstance(p.get(k), int)
+    ]
     return f" ({', '.join(parts)})" if parts and "mode" not in p else ""
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import collect, report
-from bench.durable_ref import durable_ref_missing
+from bench.durable_ref import durable_ref_missing, durable_ref_versions
 from bench.figures import KEYS, SPECS, evaluate, skipped
 from bench.infra import (
     REPO,
@@ -92,7 +92,7 @@ SMOKE: dict[str, dict[str, Any]] = {
         "rate": 20,
         "duration": 0.3,
         "idle_window": 0.2,
-        "resume_sizes": [100, 10000],
+        "resume_sizes": [100, 1000],  # fills the 10,000-event keys: smoke checks the code path
         "resume_samples": 3,
         "resume_blocks": 3,
     },
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "plan": plan,
         "redis": {"skipped": bench.redis_reason},
-        "durable_ref": {"skipped": bench.ds_reason},
+        "durable_ref": {"skipped": bench.ds_reason, **durable_ref_versions()},
         "sections": {
             k: {kk: vv for kk, vv in v.items() if kk != "raw"} for k, v in bench.sections.items()
         },
