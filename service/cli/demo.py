@@ -415,6 +415,7 @@ async def _run(args: argparse.Namespace, url: str, data_dir: str) -> bool:
             say(f"  {view.url}")
             passed = await _tour(args, url, a, b)
             say()
+            say("All checks passed." if passed else "Some checks FAILED (✘ above).")
             say("The page stays up until Ctrl-C.")
             await view.linger()
     return passed
