@@ -247,7 +247,9 @@ class IngestMetadata(_Request, frozen=True, kw_only=True):
 
 
 class IngestBatch(_Request, frozen=True, kw_only=True):
-    first_index: NonNegative
+    first_index: NonNegative | None = None
+    """Required with ``events`` or ``usage``; a terminal-only batch (``complete`` or ``error``
+    alone, maybe with ``metadata``) may omit it: there is only one terminal."""
     events: list[dict[str, Any]] = field(default_factory=list)
     complete: dict[str, Any] | None = None
     error: Annotated[str, Meta(min_length=1)] | None = None
@@ -260,6 +262,11 @@ class IngestBatch(_Request, frozen=True, kw_only=True):
             raise ValueError("a batch ends a job with `complete` or `error`, not both")
         if self.complete is not None and self.complete.get("final") is not True:
             raise ValueError("`complete` must be a final event (`final: true`)")
+        if self.first_index is None and (self.events or self.usage or not self.terminal):
+            raise ValueError(
+                "Object missing required field `firstIndex` (only a batch that just ends the "
+                "job, with `complete` or `error` and no `events` or `usage`, may omit it)"
+            )
 
     @property
     def terminal(self) -> bool:

@@ -12,8 +12,9 @@ serially, so the handler only takes a slot (bounded per endpoint: a flood of slo
 backpressure to ``abort`` alone) and hands the request to a task of this object's TaskGroup; a
 request stuck on a dead owner never delays another one.
 
-Remote producers' batches on ``<prefix>.ingest.<job_id>`` are handled by
-:class:`service.ingest.IngestGateway`, whose answer tasks run in this object's TaskGroup.
+Remote producers' batches on ``<prefix>.ingest.<job_id>`` (one queue group of all replicas) are
+handled by :class:`service.server.ingest.IngestGateway`, whose answer tasks run in this object's
+TaskGroup.
 
 Every failure is answered with the micro error headers (``Nats-Service-Error``,
 ``Nats-Service-Error-Code``) and the body ``{"error": {"code", "message"}}``; unexpected
@@ -70,6 +71,7 @@ _enc = msgspec.json.Encoder()
 
 SERVICE_NAME: Final = "genjobs"
 UNKNOWN_QUEUE: Final = "genjobs-unknown"
+INGEST_QUEUE: Final = "genjobs-ingest"
 __all__ = ["ERROR_CODE_HEADER", "ERROR_HEADER", "SERVICE_NAME", "ServiceApi", "SyncRequest"]
 
 ENDPOINT_DOCS: Final[dict[str, tuple[str, str]]] = {
@@ -227,10 +229,15 @@ class ServiceApi:
                 metadata={"request": request, "reply": reply},
             )
             self._endpoints[name] = self._service._endpoints[-1]
+        for subject in (f"{p}.api.>", f"{p}.api"):
+            self._subs.append(await nc.subscribe(subject, queue=UNKNOWN_QUEUE, cb=self._on_unknown))
+        for subject in self._ingest.subjects:
+            self._subs.append(
+                await nc.subscribe(subject, queue=INGEST_QUEUE, cb=self._ingest.on_msg)
+            )
         self._subs.append(
-            await nc.subscribe(f"{p}.api.>", queue=UNKNOWN_QUEUE, cb=self._on_unknown)
+            await nc.subscribe(self._ingest.direct_subject, cb=self._ingest.on_direct)
         )
-        self._subs.append(await nc.subscribe(self._ingest.subject, cb=self._ingest.on_msg))
         await nc.flush()
 
     def _endpoint_data(self, stats: EndpointStats) -> dict[str, int]:
@@ -257,7 +264,11 @@ class ServiceApi:
                     await self._service.stop()
                 for sub in self._subs:
                     await sub.unsubscribe()
-            except NatsError as e:
+                if self.replica.nc.is_connected:
+                    # Once the server has the unsubscriptions, no request can still be routed
+                    # here and lost when the connection closes: a queue peer gets it instead.
+                    await self.replica.nc.flush(timeout=max(1, int(self.s.request_timeout)))
+            except (NatsError, TimeoutError) as e:
                 log.warning("service %s: unsubscribing failed: %s", SERVICE_NAME, e)
         self._closing.set()
         sup = self._supervisor
