@@ -59,6 +59,16 @@ class ActorHandle:
         return self._actor.inbox.closed
 
     @property
+    def ingested(self) -> int:
+        """The next producer index a remote producer's batch must start at."""
+        return self._actor.ingested
+
+    @property
+    def last_seq(self) -> int:
+        """Stream sequence of the job's last stored event (its terminal one once ended)."""
+        return self._actor.last_seq
+
+    @property
     def stats(self) -> ActorStats:
         return self._actor.stats
 

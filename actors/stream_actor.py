@@ -110,6 +110,11 @@ class StreamActor:
     def status(self) -> JobStatus:
         return self.rec.status
 
+    @property
+    def ingested(self) -> int:
+        """The next producer index a remote producer's batch must start at."""
+        return self._ingested
+
     # --- called from outside the actor task (through the handle); only queue or signal ------
 
     def signal_abort(self) -> None:
@@ -207,8 +212,9 @@ class StreamActor:
             outcome = IngestOutcome(self._ingested, None, self.aborted.is_set(), ended=True)
             resolve(c.fut, outcome)
             return
-        if c.first_index > self._ingested:
-            gap = f"gap: expected firstIndex {self._ingested}, got {c.first_index}"
+        first = self._ingested if c.first_index is None else c.first_index
+        if first > self._ingested:
+            gap = f"gap: expected firstIndex {self._ingested}, got {first}"
             reject(c.fut, BadRequest(gap))
             return
         if c.metadata:
@@ -218,7 +224,7 @@ class StreamActor:
         items.extend(c.usage)
         if c.ending is not None:
             items.append(c.ending)
-        fresh = items[self._ingested - c.first_index :]
+        fresh = items[self._ingested - first :]
         terminal: Finish | None = None
         usage_added = False
         for item in fresh:

@@ -51,13 +51,6 @@ _JOB_SUBJECTS = ["api.status", "api.resume", "api.abort", "api.sync", "abort", "
 CELLS: list[tuple[str, str]] = [(subject, state) for subject in _JOB_SUBJECTS for state in STATES]
 """Every (subject, state) cell of the table."""
 
-SLOW: frozenset[tuple[str, str]] = frozenset(
-    (subject, "owner_dead_unnoticed") for subject in ("api.abort", "abort")
-)
-"""Cells answered after a wait today (issue 12 item 3): sent together at the end, and timed
-apart from their state (key ``abort_owner_dead_unnoticed``)."""
-SLOW_KEY = "abort_owner_dead_unnoticed"
-
 MUTATING = frozenset({"api.abort", "abort"})
 """Subjects whose request changes a running job: each such request gets a fresh job."""
 
@@ -136,7 +129,7 @@ class Outcome:
     def times(self) -> dict[str, list[float]]:
         out: dict[str, list[float]] = defaultdict(list)
         for r in self.replies:
-            out[SLOW_KEY if (r.subject, r.state) in SLOW else r.state].append(r.ms)
+            out[r.state].append(r.ms)
         return out
 
 
@@ -226,10 +219,10 @@ async def _wait_dead(replicas: list[Replica], rid: str, timeout: float = 10.0) -
 
 
 async def enumerate_answers(
-    nc: NATS, settings: Settings, repeat: int, slow_repeat: int = 1, timeout: float = 15.0
+    nc: NATS, settings: Settings, repeat: int, timeout: float = 15.0
 ) -> Outcome:
-    """Send ``repeat`` requests for every cell (``slow_repeat`` for :data:`SLOW`), collect
-    every reply; returns after the replicas stopped (all their answers are sent by then)."""
+    """Send ``repeat`` requests for every cell, one at a time, collect every reply; returns
+    after the replicas stopped (all their answers are sent by then)."""
     s = answers_settings(settings)
     col = Collector(nc)
     await col.start()
@@ -247,7 +240,7 @@ async def enumerate_answers(
             shared = {st: await w.make(st) for st in STATES if st not in ("unknown", "invalid_id")}
             plan: list[tuple[str, str, str]] = []
             for cell in CELLS:
-                for r in range(slow_repeat if cell in SLOW else repeat):
+                for r in range(repeat):
                     jid = _job_for(cell, r, shared)
                     plan.append((*cell, jid if jid is not None else await w.make(cell[1])))
             # The owners die: D unnoticed (heartbeat fresh), E known (heartbeat removed).
@@ -267,9 +260,7 @@ async def enumerate_answers(
                 replies.append(Reply(subject, state, jid, msg, ms))
 
             for subject, state, jid in plan:
-                if (subject, state) not in SLOW:
-                    await one(subject, state, jid)
-            await asyncio.gather(*(one(*c) for c in plan if (c[0], c[1]) in SLOW))
+                await one(subject, state, jid)
             relayed = api_a._ingest.relayed + api_b._ingest.relayed
         finally:
             await api_d.stop(grace=0)
@@ -288,7 +279,7 @@ async def run(cfg: dict[str, Any]) -> dict[str, Any]:
     s = bench_settings(cfg["nats_url"], "ans")
     nc = await nats.connect(cfg["nats_url"], name="bench-answers")
     try:
-        out = await enumerate_answers(nc, s, p["repeat"], p["slow_repeat"])
+        out = await enumerate_answers(nc, s, p["repeat"])
     finally:
         await nc.close()
         await drop_prefix(s)

@@ -109,11 +109,6 @@ class Settings:
     def rpc_subject(self, replica_id: str, op: str) -> str:
         return f"{self.prefix}.rpc.{replica_id}.{op}"
 
-    def direct_subject(self, replica_id: str, op: str) -> str:
-        """Replica-to-replica only: answered by ``replica_id`` itself, never by a fallback, so
-        "no responders" there means that replica is not serving (docs/protocol.md, direct)."""
-        return f"{self.prefix}.direct.{replica_id}.{op}"
-
     @property
     def nats_lost_after(self) -> float:
         """Seconds without NATS after which a replica gives up (``nats_lost_exit``)."""

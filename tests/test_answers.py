@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from bench.answers import CELLS, DELTA, SLOW, answers_settings, enumerate_answers
+from bench.answers import CELLS, DELTA, answers_settings, enumerate_answers
 from bench.common import summary_ms
 from service import simulate as sim
 from service.config import Settings
@@ -100,6 +99,11 @@ def ingest_aborted(msg: Msg) -> None:
     assert body["aborted"] is True, body
 
 
+def no_responders(msg: Msg) -> None:
+    """The server's own answer: nobody serves the subject (rpc of a replica that is gone)."""
+    assert (msg.headers or {}).get("Status") == "503", (msg.headers, msg.data)
+
+
 def snapshot_ok(msg: Msg) -> None:
     body = body_of(msg)
     assert isinstance(body["seq"], int), body
@@ -138,9 +142,9 @@ TABLE: dict[tuple[str, str], Callable[[Msg], None]] = {
     ("ingest", "owner_dead_known"): E("conflict"),
     ("ingest", "after_takeover"): E("conflict"),
     ("rpc", "running"): snapshot_ok,
-    ("rpc", "owner_dead_unnoticed"): E("unavailable"),
+    ("rpc", "owner_dead_unnoticed"): no_responders,
     **{("rpc", s): E("not_found") for s in ("complete", "error", "aborted", "unknown")},
-    ("rpc", "owner_dead_known"): E("unavailable"),
+    ("rpc", "owner_dead_known"): no_responders,
     ("rpc", "after_takeover"): E("not_found"),
     **{
         (subject, "unknown"): E("not_found")
@@ -152,11 +156,6 @@ TABLE: dict[tuple[str, str], Callable[[Msg], None]] = {
     },
     ("rpc", "invalid_id"): E("invalid_id"),
 }
-PENDING: dict[tuple[str, str], str] = {
-    cell: "issue 12 item 3 (abort of a job whose owner just died)" for cell in SLOW
-}
-"""Cells whose documented answer depends on work in progress elsewhere: answered exactly once
-(checked), their body is reported, not asserted; see the xfail test below."""
 
 
 @asynccontextmanager
@@ -176,27 +175,20 @@ async def test_every_request_gets_exactly_one_documented_answer_in_every_state(
     nc: NATS, settings: Settings
 ) -> None:
     assert set(TABLE) == set(CELLS), set(CELLS) ^ set(TABLE)
-    out = await enumerate_answers(nc, settings, REPEAT, slow_repeat=2)
+    out = await enumerate_answers(nc, settings, REPEAT)
     not_one = {i: n for i, n in out.answers.items() if n != 1}
     assert not not_one, f"requests answered other than exactly once: {not_one}"
     assert len(out.replies) == out.requests
     seen = {(r.subject, r.state) for r in out.replies}
     assert seen == set(TABLE), set(TABLE) - seen
     assert out.relayed > 0, "no ingest request was relayed: 'running elsewhere' not exercised"
-    pending: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in out.replies:
         cell = (r.subject, r.state)
-        if cell in PENDING:
-            pending[cell].append(body_of(r.msg))
-            continue
         try:
             TABLE[cell](r.msg)
         except (AssertionError, KeyError) as err:
             raise AssertionError(f"{r.subject} x {r.state} ({r.job_id!r}): {err}") from err
     print_figures(out.times())
-    for cell, bodies in pending.items():
-        codes = sorted({str(b.get("error", {}).get("code", "AbortResult")) for b in bodies})
-        print(f"FIGURES pending {cell}: {codes} ({PENDING[cell]})")
 
 
 def print_figures(times: dict[str, list[float]]) -> None:

@@ -236,7 +236,7 @@ class ServiceApi:
                 await nc.subscribe(subject, queue=INGEST_QUEUE, cb=self._ingest.on_msg)
             )
         self._subs.append(
-            await nc.subscribe(self._ingest.direct_subject, cb=self._ingest.on_direct)
+            await nc.subscribe(self._ingest.relay_subject, cb=self._ingest.on_relayed)
         )
         await nc.flush()
 

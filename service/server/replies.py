@@ -59,13 +59,8 @@ async def send_error(nc: NATS, msg: Msg, error: GenjobsError) -> None:
 
 
 UNREACHABLE_HEADER: Final = "Genjobs-Unreachable"
-"""Set on a fallback's answer when the replica a request was relayed to did not answer: its
-value is that replica's id. A replica that relayed on its own behalf reads it as "no owner"."""
-
-TARGET_HEADER: Final = "Genjobs-Owner"
-"""On a request a replica sends to the owner through a public subject (``abort.<job>``): the
-replica that must answer it; whoever receives it relays it there and never acts on it itself."""
-
+"""Set on an answer given in another replica's place when that replica did not answer (its
+value is that replica's id)."""
 
 PROBE_INTERVAL: Final = 0.5
 """While a relayed request is unanswered, how often the relaying replica checks that the
@@ -79,18 +74,18 @@ async def relay(
     replica_id: str,
     timeout: float,
     unreachable: GenjobsError,
-    probe: str | None = None,
+    probe: tuple[str, bytes] | None = None,
 ) -> bool:
     """Hand ``msg`` to the one replica that may answer it (on its ``direct`` subject) and pass
     its answer back, so the caller hears exactly one reply, from this replica.
 
     Returns False, without answering, when nobody serves ``subject`` (that replica is gone or
     not serving), also when it stops serving ``probe`` (its ping) while the request waits: the
-    caller answers in its place; a late answer of that replica is dropped. Past ``timeout`` it
+    caller answers in its place; a late answer of that replica is dropped. ``probe`` is a
+    (subject, body) that replica answers at once (its rpc snapshot). Past ``timeout`` it
     answers ``unreachable`` (with :data:`UNREACHABLE_HEADER`) and returns True.
     """
     headers = dict(msg.headers or {})
-    headers.pop(TARGET_HEADER, None)
     pending = asyncio.ensure_future(
         nc.request(subject, msg.data, timeout=timeout, headers=headers or None)
     )
@@ -101,7 +96,7 @@ async def relay(
                 break
             assert probe is not None
             try:
-                await nc.request(probe, b"", timeout=PROBE_INTERVAL)
+                await nc.request(probe[0], probe[1], timeout=PROBE_INTERVAL)
             except NoRespondersError:
                 log.warning(
                     "relay of %s: %s is gone while it held the request", msg.subject, replica_id
