@@ -43,6 +43,7 @@ TYPES: dict[str, type[msgspec.Struct]] = {
         api.IngestBatch,
         api.IngestReply,
         api.AbortNotice,
+        api.AbortSubjectBody,
         api.OwnerRequest,
         bookkeeping.UserIndexEntry,
         bookkeeping.CleanupOrder,

@@ -25,13 +25,12 @@ import asyncio
 import logging
 from typing import Final
 
-import msgspec
 from nats.aio.msg import Msg
 
 from actors.handle import ActorHandle
 from actors.registry import Registry
 from actors.termination import Abort, claim_ended
-from schemas.api import AbortNotice, AbortResult, encode
+from schemas.api import AbortNotice, AbortResult, AbortSubjectBody, decode, encode
 from schemas.errors import (
     BadRequest,
     Conflict,
@@ -176,24 +175,19 @@ class Aborts:
         if handle is None:
             return
         try:
-            body = msgspec.json.decode(msg.data) if msg.data else {}
-            if not isinstance(body, dict):
-                raise BadRequest("abort body must be a JSON object")
-            if "notice" in body:
+            body = decode(msg.data, AbortSubjectBody)
+            if body.notice is not None:
                 return  # an announcement for remote producers, not a request
-            user_id = body.get("userId")
-            if user_id is None:
+            if body.user_id is None:
                 raise BadRequest("userId is required")
-            authorize(
-                handle.record,
-                check_id(user_id, "userId"),
-                check_optional_id(body.get("tenantId"), "tenantId"),
-            )
+            user_id = check_id(body.user_id, "userId")
+            tenant_id = check_optional_id(body.tenant_id, "tenantId")
+            authorize(handle.record, user_id, tenant_id)
             result = await self.abort_here(handle, BY_SUBJECT)
             if result is None:  # it ended meanwhile: answer from the record
-                result = await self.abort(job_id, user_id, body.get("tenantId"), by=BY_SUBJECT)
-        except msgspec.DecodeError:
-            await send_error(self.store.nc, msg, BadRequest("malformed JSON"))
+                result = await self.abort(job_id, user_id, tenant_id, by=BY_SUBJECT)
+        except ValueError as e:  # not JSON, or not an object of this shape
+            await send_error(self.store.nc, msg, BadRequest(str(e)))
             return
         except GenjobsError as e:
             await send_error(self.store.nc, msg, e)
