@@ -190,6 +190,16 @@ class CompletionResult(_Reply, frozen=True, kw_only=True):
     final_event: dict[str, Any]
 
 
+class AbortSubjectBody(Struct, frozen=True, kw_only=True, rename="camel"):
+    """A message on ``<prefix>.abort.<job>``: a request ``{userId, tenantId?}`` (``userId``
+    required), or a notice (``notice`` set) that replicas ignore. Unknown fields are ignored:
+    every subscriber of the subject sees every message on it."""
+
+    user_id: str | None = None
+    tenant_id: str | None = None
+    notice: str | None = None
+
+
 class OwnerRequest(_Request, frozen=True, kw_only=True):
     """A replica asking a job's owner (``<prefix>.rpc.<owner>.<op>``, internal): ``snapshot``
     (``{jobId}``), ``sync`` (``{jobId, syncSent}``), ``abort`` (``{jobId, userId, tenantId?,
@@ -350,6 +360,7 @@ _CODEC_TYPES: Final[tuple[type[Struct], ...]] = (
     CountsReply,
     SyncReply,
     AbortNotice,
+    AbortSubjectBody,
     OwnerRequest,
     IngestReply,
     ErrorBody,

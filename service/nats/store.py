@@ -25,6 +25,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from schemas.api import ResumeSnapshot
+from schemas.bookkeeping import CleanupOrder, Heartbeat, UserIndexEntry
 from schemas.errors import Conflict, StoreFailed, Unavailable
 from schemas.job import JobRecord, decode_record, encode_record
 from service.config import Settings
@@ -203,7 +204,7 @@ class Store:
 
     async def add_user_index(self, rec: JobRecord) -> None:
         key = self.user_key(rec.user_id, rec.stream_id, rec.tenant_id)
-        value = _enc.encode({"createdAt": rec.created_at})
+        value = _enc.encode(UserIndexEntry(created_at=rec.created_at))
         await self._ride_out(f"user index of {rec.stream_id}", lambda: self.users.put(key, value))
 
     async def remove_user_index(self, user_id: str, job_id: str, tenant_id: str | None) -> None:
@@ -347,14 +348,10 @@ class Store:
     async def schedule_cleanup(self, rec: JobRecord) -> None:
         """Queue the removal of this generation's event log after ``completed_ttl``."""
         due = time.time() + self.s.completed_ttl
-        body = _enc.encode(
-            {
-                "jobId": rec.stream_id,
-                "createdAt": rec.created_at,
-                "upToSeq": rec.last_seq,
-                "due": due,
-            }
+        order = CleanupOrder(
+            job_id=rec.stream_id, created_at=rec.created_at, up_to_seq=rec.last_seq, due=due
         )
+        body = _enc.encode(order)
         subject = f"{self.s.prefix}.cleanup.{rec.stream_id}"
         # Repeating it is harmless: a second cleanup message purges an already purged log.
         await self._ride_out(f"cleanup of {rec.stream_id}", lambda: self.js.publish(subject, body))
@@ -362,7 +359,7 @@ class Store:
     # --- replicas -------------------------------------------------------------------------
 
     async def heartbeat(self) -> None:
-        await self.replicas.put(self.replica_id, _enc.encode({"at": time.time()}))
+        await self.replicas.put(self.replica_id, _enc.encode(Heartbeat(at=time.time())))
 
     async def stream_exists(self) -> bool:
         try:

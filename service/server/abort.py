@@ -25,13 +25,12 @@ import asyncio
 import logging
 from typing import Final
 
-import msgspec
 from nats.aio.msg import Msg
 
 from actors.handle import ActorHandle
 from actors.registry import Registry
 from actors.termination import Abort, claim_ended
-from schemas.api import AbortNotice, AbortResult, encode
+from schemas.api import AbortNotice, AbortResult, AbortSubjectBody, decode, encode
 from schemas.errors import (
     BadRequest,
     Conflict,
@@ -180,23 +179,20 @@ class Aborts:
         job = msg.subject[len(self.s.prefix) + len(".abort.") :]
         nc = self.store.nc
         try:
-            body = msgspec.json.decode(msg.data) if msg.data.strip() else {}
-            if not isinstance(body, dict):
-                raise BadRequest("abort body must be a JSON object")
-            if "notice" in body:
-                return
+            body = decode(msg.data, AbortSubjectBody)
+            if body.notice is not None:
+                return  # an announcement for remote producers, not a request
             job_id = check_id(job, "jobId")
-            user_id = body.get("userId")
-            if user_id is None:
+            if body.user_id is None:
                 raise BadRequest("userId is required")
             result = await self.abort(
                 job_id,
-                check_id(user_id, "userId"),
-                check_optional_id(body.get("tenantId"), "tenantId"),
+                check_id(body.user_id, "userId"),
+                check_optional_id(body.tenant_id, "tenantId"),
                 by=BY_SUBJECT,
             )
-        except msgspec.DecodeError:
-            await send_error(nc, msg, BadRequest("malformed JSON"))
+        except ValueError as e:  # not JSON, or not an object of this shape
+            await send_error(nc, msg, BadRequest(str(e)))
             return
         except GenjobsError as e:
             await send_error(nc, msg, e)
