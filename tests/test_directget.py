@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from service.config import Settings
-from service.nats import directget
+from service.nats import compat, directget
 from service.nats.directget import (
     DirectGetError,
     StoredMsg,
@@ -151,9 +151,9 @@ async def test_inline_path_leaves_the_rest_of_the_connection_alone(
         await arrived.wait()
     assert got[0].data == b"hi"
     assert got[0].headers == {"X-A": "b"}
-    sid = client._sub._id if client._sub else -1
+    sid = compat.subscription_id(client._sub) if client._sub else -1
     await client.close()
-    assert sid not in (directget._routes.get(nc) or {})
+    assert sid not in compat.routed(nc)
     again = client_for(nc)
     assert again is not client
     assert [

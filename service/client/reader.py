@@ -41,16 +41,18 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from schemas import headers as hdr
 from service.config import Settings
+from service.nats import compat
 from service.nats.directget import (
     DirectGetClient,
-    DirectGetError,
     ReplayTimeout,
-    StoredMsg,
     client_for,
+    transient,
 )
 from service.nats.localtap import tap_for
-from service.nats.publisher import BACKOFF_FIRST, BACKOFF_MAX
+from service.nats.outage import OutagePolicy, retry
+from service.nats.stored import StoredMsg
 
 log = logging.getLogger("genjobs.reader")
 
@@ -92,28 +94,16 @@ class ReadEvent:
 
 
 def _make_event(seq: int, headers: dict[str, str], data: bytes) -> ReadEvent:
-    index = headers.get("Genjobs-Index", "")
-    kind = headers.get("Genjobs-Kind", "")
+    """The event of a live message (its headers parsed by nats-py)."""
+    index = headers.get(hdr.INDEX, "")
+    kind = headers.get(hdr.KIND, "")
     return ReadEvent(seq, int(index) if index.isdigit() else -1, kind, data)
 
 
-# Genjobs stores its own headers first, kind then index (service/store.py), so one match at
-# the start of the raw header block reads both; any other layout takes the general path.
-_LEADING_RE: Final = re.compile(
-    rb"NATS/1\.0\r\nGenjobs-Kind: ([^\r\n]*)\r\nGenjobs-Index: ([0-9]+)\r\n"
-)
-
-
 def _stored_event(m: StoredMsg) -> ReadEvent:
-    """The event of a replayed message, reading only the two headers it needs."""
-    lead = _LEADING_RE.match(m.raw_headers)
-    if lead is not None:
-        kind = lead.group(1).strip().decode("utf-8", "replace")
-        return ReadEvent(m.seq, int(lead.group(2)), kind, m.data)
-    index = m.header("Genjobs-Index") or ""
-    return ReadEvent(
-        m.seq, int(index) if index.isdigit() else -1, m.header("Genjobs-Kind") or "", m.data
-    )
+    """The event of a replayed message, reading only the two headers it needs, by name."""
+    kind, index = m.kind_index()
+    return ReadEvent(m.seq, index, kind, m.data)
 
 
 class ReaderError(RuntimeError):
@@ -287,7 +277,7 @@ class Reader:
         """A reader resuming right after the terminal event ends at once instead of waiting."""
         last = await self._hub._last_msg(self.job_id)
         if last is not None and last.seq == self._cursor:
-            self._ended = last.header("Genjobs-Kind") in TERMINAL_KINDS
+            self._ended = last.header(hdr.KIND) in TERMINAL_KINDS
 
     async def _wait(self) -> None:
         """Wait for a live message, or until ``idle_check`` seconds passed without any."""
@@ -356,7 +346,7 @@ class _Feed:
     async def on_msg(self, msg: Msg) -> None:
         h: dict[str, str] = msg.headers or {}
         try:
-            seq, prev = int(h["Nats-Sequence"]), int(h["Nats-Last-Sequence"])
+            seq, prev = int(h[hdr.SEQUENCE]), int(h[hdr.LAST_SEQUENCE])
         except (KeyError, ValueError):
             log.warning("ignoring a live message without sequence headers on %s", msg.subject)
             return
@@ -393,6 +383,7 @@ class LiveHub:
         self._limit = max(1, settings.reader_queue)
         self._batch = max(1, min(replay_batch, self._limit))
         self._dg = dg or client_for(nc)
+        self._outage = OutagePolicy.from_settings(settings)
         self._feeds: dict[str, _Feed] = {}
         self._tap = tap_for(nc)
         self._needs_sub: set[str] = set()  # jobs whose local actor ended: subscribe to NATS
@@ -502,8 +493,7 @@ class LiveHub:
         if sub is None or self._nc.is_closed or self._nc.is_draining:
             return None  # the connection removes its subscriptions itself
         await sub.unsubscribe()
-        task: asyncio.Task[None] | None = getattr(sub, "_wait_for_msgs_task", None)
-        return task
+        return compat.subscription_task(sub)
 
     async def _presence(self, cb: PresenceCallback, job_id: str) -> None:
         try:
@@ -536,51 +526,36 @@ class LiveHub:
         )
 
     async def _ride_out(self, job_id: str, request: Callable[[], Awaitable[_T]]) -> _T:
-        """``request()`` retried through an outage, as a job's publishes are.
+        """``request()`` retried through an outage under the outage policy, as a job's
+        publishes are (``service/nats/outage.py``): a reader waits out the same outage its
+        job's producer waits out.
 
         A timeout (server away, reconnecting) and a 503 (no responders: the stream has no
-        leader during an election or a lost quorum, or is missing) are retried until
-        ``publish_outage_budget`` seconds have passed since the first failure, then raised: a
-        reader waits out the same outage its job's producer waits out. After a 503 the retry
-        backs off as a publish does (``BACKOFF_FIRST`` doubling to ``BACKOFF_MAX``); a timeout
-        has waited already. A closed hub or
-        connection ends the wait at once.
+        leader during an election or a lost quorum, or is missing) are retried until the
+        budget is spent, then raised; after a 503 the retry backs off, a timeout has waited
+        already. A closed hub or connection ends the wait at once.
 
         Raises:
             HubClosed: the hub is (or gets) closed.
-            ReplayTimeout, DirectGetError: still failing when the budget was spent; a
-                DirectGetError other than 503 at once.
+            DirectGetError: still failing when the budget was spent (:class:`ReplayTimeout`
+                for a timeout); one that is not transient at once.
         """
-        loop = asyncio.get_running_loop()
-        first_failure: float | None = None
-        backoff = BACKOFF_FIRST
-        while True:
+
+        async def attempt() -> _T:
             if self._closed:
                 # close() fails only the requests already out; one sent now, on a connection
                 # that is closing, would be waited out for request_timeout.
                 raise HubClosed("hub closed", "", 0)  # re-raised per reader
-            try:
-                return await request()
-            except (ReplayTimeout, DirectGetError) as e:
-                if isinstance(e, DirectGetError) and e.status != "503":
-                    raise
-                if self._closed or self._nc.is_closed:
-                    raise
-                now = loop.time()
-                first_failure = now if first_failure is None else first_failure
-                spent = now - first_failure
-                if spent >= self._s.publish_outage_budget:
-                    raise
-                log.warning(
-                    "replay of job %s failed (%.1f s into the outage), retrying: %s",
-                    job_id,
-                    spent,
-                    e,
-                )
-                if isinstance(e, DirectGetError):
-                    pause = min(backoff, self._s.publish_outage_budget - spent)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
-                    await self._pause(pause)
+            return await request()
+
+        return await retry(
+            attempt,
+            self._outage,
+            what=f"replay of job {job_id}",
+            transient=transient,
+            stopped=lambda: self._closed or self._nc.is_closed,
+            sleep=self._pause,
+        )
 
     async def _pause(self, seconds: float) -> None:
         """Wait ``seconds``, or less if the hub is closed meanwhile."""

@@ -49,11 +49,10 @@ Limits, stated honestly:
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from typing import Final
+from typing import Final, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -62,7 +61,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, ReplayPolicy
 
-from schemas.events import HDR_INDEX, HDR_KIND
+from schemas import headers as hdr
 from schemas.session import (
     AckNotApplied,
     InvalidSessionId,
@@ -77,6 +76,9 @@ from schemas.session import (
     validate_session_ids,
 )
 from service.config import Settings
+from service.nats.directget import DirectGetError, client_for, transient
+from service.nats.outage import OutagePolicy, retry
+from service.nats.stored import StoredMsg
 
 __all__ = [
     "AckNotApplied",
@@ -104,39 +106,27 @@ _DIRECT_MAX_BYTES: Final = 4 * 1024 * 1024
 # An ack is re-sent when a concurrent ack on the same session moved the floor under it.
 _ACK_ATTEMPTS: Final = 3
 _CONSUMER_NOT_FOUND: Final = 10014  # JetStream API err_code
+_T = TypeVar("_T")
 
 
 # Helpers -------------------------------------------------------------------------------------
 
 
-def _status(msg: Msg) -> str | None:
-    headers = msg.headers
-    return None if headers is None else headers.get("Status")
-
-
 def _event(seq: int, msg: Msg) -> SessionEvent:
     headers = msg.headers or {}
-    raw_index = headers.get(HDR_INDEX, "")
+    raw_index = headers.get(hdr.INDEX, "")
     return SessionEvent(
         seq=seq,
         index=int(raw_index) if raw_index.isdecimal() else -1,
-        kind=headers.get(HDR_KIND, ""),
+        kind=headers.get(hdr.KIND, ""),
         data=msg.data,
     )
 
 
-def _direct_event(msg: Msg) -> SessionEvent:
-    """A Direct Get reply carries the stored headers plus ``Nats-Sequence``.
-
-    Raises:
-        nats.js.errors.APIError: the sequence is missing (paging could not advance without it).
-    """
-    raw = (msg.headers or {}).get("Nats-Sequence", "")
-    if not raw.isdecimal():
-        raise nats.js.errors.APIError(
-            description=f"direct get reply without Nats-Sequence: {raw!r}"
-        )
-    return _event(int(raw), msg)
+def _stored_event(msg: StoredMsg) -> SessionEvent:
+    """A Direct Get reply: the stored headers plus ``Nats-Sequence``."""
+    kind, index = msg.kind_index()
+    return SessionEvent(seq=msg.seq, index=index, kind=kind, data=msg.data)
 
 
 def _seq_pair(info: ConsumerInfo) -> tuple[int, int, int, int]:
@@ -159,6 +149,8 @@ class _Api:
         self.settings = settings
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout)
         self.stream = settings.stream_name
+        self.dg = client_for(nc)
+        self.outage = OutagePolicy.from_settings(settings)
 
     @asynccontextmanager
     async def boundary(
@@ -166,6 +158,8 @@ class _Api:
     ) -> AsyncIterator[None]:
         try:
             yield
+        except DirectGetError as e:
+            raise SessionUnavailable(job_id, name, f"{what}: {e}") from e
         except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as e:
             # Nobody answered on the consumer's subjects: either it is gone or JetStream is
             # briefly unavailable (leader election). Ask once which, so callers can tell.
@@ -191,55 +185,38 @@ class _Api:
         return SessionUnavailable(job_id, name, f"{what}: {cause!r} (the session exists)")
 
     async def direct_last(self, subject: str) -> SessionEvent | None:
-        """The last stored event of ``subject``, or None when it has none."""
-        req = json.dumps({"last_by_subj": subject}).encode()
-        msg = await self.nc.request(
-            f"$JS.API.DIRECT.GET.{self.stream}", req, timeout=self.settings.request_timeout
-        )
-        status = _status(msg)
-        if status == "404":
-            return None
-        if status is not None:
-            raise nats.js.errors.APIError(code=int(status), description=str(msg.headers))
-        return _direct_event(msg)
+        """The last stored event of ``subject``, or None when it has none.
+
+        Raises:
+            DirectGetError: the stream did not answer within the outage budget, or refused.
+        """
+        timeout = self.settings.request_timeout
+        last = await self._ride_out(lambda: self.dg.last_msg(self.stream, subject, timeout))
+        return None if last is None else _stored_event(last)
 
     async def direct_batch(self, start: int, subject: str, batch: int) -> list[SessionEvent]:
         """Events of ``subject`` from stream sequence ``start`` on, at most ``batch`` of them.
 
-        nats-py does not wrap the batched Direct Get: the replies are individual messages on our
-        inbox, closed by a ``204 EOB`` status message (``404`` when nothing matches).
+        Raises:
+            DirectGetError: the stream did not answer within the outage budget, or refused.
         """
-        req = json.dumps(
-            {"seq": start, "next_by_subj": subject, "batch": batch, "max_bytes": _DIRECT_MAX_BYTES}
-        ).encode()
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
-        out: list[SessionEvent] = []
-        try:
-            await self.nc.publish(f"$JS.API.DIRECT.GET.{self.stream}", req, reply=inbox)
-            try:
-                async with asyncio.timeout(self.settings.request_timeout):
-                    async for msg in sub.messages:
-                        status = _status(msg)
-                        if status is None:
-                            out.append(_direct_event(msg))
-                        elif status in ("204", "404"):
-                            break
-                        elif status == "503":
-                            raise nats.js.errors.APIError(
-                                code=503,
-                                description="direct get: no responder (stream missing or "
-                                "allow_direct off)",
-                            )
-                        else:
-                            raise nats.js.errors.APIError(
-                                code=int(status), description=str(msg.headers)
-                            )
-            except TimeoutError as e:
-                raise nats.errors.TimeoutError from e
-        finally:
-            await sub.unsubscribe()
-        return out
+        timeout = self.settings.request_timeout
+        msgs, _ = await self._ride_out(
+            lambda: self.dg.get_batch(
+                self.stream, subject, start, batch, timeout, max_bytes=_DIRECT_MAX_BYTES
+            )
+        )
+        return [_stored_event(m) for m in msgs]
+
+    async def _ride_out(self, request: Callable[[], Awaitable[_T]]) -> _T:
+        """A Direct Get retried through an outage, as a live reader's are."""
+        return await retry(
+            request,
+            self.outage,
+            what=f"direct get on {self.stream}",
+            transient=transient,
+            stopped=lambda: self.nc.is_closed,
+        )
 
 
 # Store and sessions --------------------------------------------------------------------------
