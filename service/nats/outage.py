@@ -117,7 +117,7 @@ async def retry(
         The last error, when it is not transient or when ``stopped()``; when the budget is
         spent, that of ``spent`` or else the last error.
     """
-    outage = policy.begin(retries=0)
+    outage: Outage | None = None
     while True:
         try:
             return await op()
@@ -125,6 +125,8 @@ async def retry(
             waited = transient(e)
             if waited is None or stopped():
                 raise
+            if outage is None:
+                outage = policy.begin(retries=0)
             if not outage.failed(waited=waited):
                 if spent is None:
                     raise

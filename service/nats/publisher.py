@@ -35,7 +35,7 @@ from nats.aio.subscription import Subscription
 from schemas import headers as hdr
 from schemas.errors import OwnershipLost, StoreFailed
 from service.nats.directget import DirectGetError, client_for
-from service.nats.outage import OutagePolicy
+from service.nats.outage import Outage, OutagePolicy
 
 log = logging.getLogger("genjobs.publisher")
 
@@ -190,7 +190,7 @@ class FencedPublisher:
         """
         h = dict(headers)
         h[hdr.EXPECTED_LAST_SUBJECT_SEQ] = str(expected_last)
-        outage = self._policy.begin(retries=retries)
+        outage: Outage | None = None  # made on the first failure: the hot path pays nothing
         while True:
             try:
                 return await self.publish_once(subject, payload, dict(h))
@@ -213,6 +213,8 @@ class FencedPublisher:
                     error, waited = e, 0.0
                 else:
                     raise StoreFailed(f"event {index} on {subject} refused: {e.description}") from e
+            if outage is None:
+                outage = self._policy.begin(retries=retries)
             if not outage.failed(waited=waited):
                 raise StoreFailed(
                     f"event {index} on {subject} not stored: the event stream was unavailable "
