@@ -19,9 +19,9 @@ from schemas.errors import JobEnded, StoreFailed
 from service import simulate as sim
 from service.client.reader import LiveHub
 from service.config import Settings
-from service.nats.provision import provision
 from service.nats.directget import client_for
 from service.nats.outage import OutagePolicy, ride_out
+from service.nats.provision import provision
 from service.nats.publisher import FencedPublisher
 from tests.faults.conftest import Figures, Node, fault_settings, freeze, thaw
 from tests.faults.workload import check_log, stored_log
