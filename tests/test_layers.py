@@ -22,8 +22,6 @@ KNOWN_OVERSIZED: dict[str, str] = {
     "schemas/events.py:": "lead: schemas",
     "service/cli/main.py:83 build_parser()": "lead: CLI",
     "schemas/content/aggregator.py:": "adapter: split by concern",
-    "service/client/reader.py:": "adapter: Reader apart from LiveHub",
-    "service/client/sessions.py:": "adapter",
 }
 
 
