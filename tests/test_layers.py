@@ -21,7 +21,6 @@ KNOWN_OVERSIZED: dict[str, str] = {
     "actors/stream_actor.py:": "core: one termination path (issue 11 items 1, 4)",
     "schemas/events.py:": "lead: schemas",
     "service/cli/main.py:83 build_parser()": "lead: CLI",
-    "schemas/content/aggregator.py:": "adapter: split by concern",
 }
 
 
