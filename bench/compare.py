@@ -16,7 +16,9 @@ Writes ``<out>/<label>-<round>/latest.json`` for every run, and ``<out>/compare.
 runs' medians) and its spread (min..max over every run), the change, and a verdict. A figure
 is ``worse`` when the two spreads do not overlap and the after side is on the bad side (lower
 for a rate, higher for a latency, memory or CPU figure); ``worse?`` when only the after median
-is beyond the before spread. Exit status 1 when a figure is ``worse`` or a run failed.
+is beyond the before spread; ``worse (no spread)`` when a side has a single value (a figure
+measured once per run: use ``--rounds 2`` or more to give it a spread). Exit status 1 when a
+figure is ``worse`` or a run failed.
 """
 
 from __future__ import annotations
@@ -71,6 +73,14 @@ def verdict(before: dict[str, Any], after: dict[str, Any], lower_better: bool) -
     the after median is beyond the before spread; "" within the spread."""
     if before.get("status") != "ok" or after.get("status") != "ok":
         return f"{before.get('status')}/{after.get('status')}"
+    if before["min"] == before["max"] or after["min"] == after["max"]:
+        # One value on a side (a figure measured once per run, one round): no spread to
+        # judge against. Say which way it moved; more --rounds give it a spread.
+        moved = after["median"] - before["median"]
+        if moved == 0:
+            return ""
+        good = (moved < 0) == lower_better
+        return "better (no spread)" if good else "worse (no spread)"
     sign = -1.0 if lower_better else 1.0  # higher score is better
     b_lo, b_hi = sorted((sign * before["min"], sign * before["max"]))
     a_lo, a_hi = sorted((sign * after["min"], sign * after["max"]))
