@@ -75,7 +75,7 @@ class _Feed:
         self.job_id = job_id
         self.readers: set[Reader] = set()
         self.sub: Subscription | None = None
-        self.local = False  # fed by the job's actor in this process (service/localtap.py)
+        self.local = False  # fed by the job's actor in this process (service/nats/localtap.py)
 
     def on_local(self, seq: int, prev: int, kind: str, index: int, data: bytes) -> None:
         item = (ReadEvent(seq, index, kind, data), prev)
