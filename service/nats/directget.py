@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -53,7 +52,7 @@ from nats.aio.subscription import Subscription
 
 from schemas import headers as hdr
 from service.nats import compat
-from service.nats.stored import StoredMsg, parse_headers
+from service.nats.stored import StoredMsg, header_at, number_at, parse_headers
 
 __all__ = [
     "DirectGetClient",
@@ -125,8 +124,8 @@ def transient(error: Exception) -> float | None:
     return error.timeout if isinstance(error, ReplayTimeout) else 0.0
 
 
-_SEQ_RE: Final = re.compile(rb"\r\n" + hdr.SEQUENCE.encode() + rb":[ \t]*([0-9]+)")
-_PENDING_RE: Final = re.compile(rb"\r\n" + hdr.NUM_PENDING.encode() + rb":[ \t]*([0-9]+)")
+_SEQ_AT: Final = header_at(hdr.SEQUENCE)
+_PENDING_AT: Final = header_at(hdr.NUM_PENDING)
 _CRLF: Final = b"\r\n"
 
 
@@ -202,17 +201,17 @@ class DirectGetClient:
             return  # a reply to a request that already timed out
         try:
             if headers is None or headers[8:9] != b" ":  # no status line: a stored message
-                m = _SEQ_RE.search(headers) if headers else None
-                if m is None:
+                seq = number_at(headers, _SEQ_AT) if headers else -1
+                if seq < 0:
                     raise DirectGetError(pending.stream, "?", "reply without Nats-Sequence")
-                pending.msgs.append(StoredMsg(int(m.group(1)), data, raw_headers=headers or b""))
+                pending.msgs.append(StoredMsg(seq, data, raw_headers=headers or b""))
                 if not pending.batch:
                     pending.future.set_result((pending.msgs, 0))
                 return
             status = headers[9:12].decode("ascii", "replace")
             if status == "204":
-                m = _PENDING_RE.search(headers)
-                pending.future.set_result((pending.msgs, int(m.group(1)) if m else 0))
+                left = number_at(headers, _PENDING_AT)
+                pending.future.set_result((pending.msgs, max(left, 0)))
             elif status == "404":
                 pending.future.set_result((pending.msgs, 0))
             else:

@@ -18,8 +18,30 @@ from schemas import headers as hdr
 _CRLF: Final = b"\r\n"
 _header_res: dict[str, re.Pattern[bytes]] = {}
 
-_KIND_AT: Final = b"\r\n" + hdr.KIND.encode("ascii") + b":"
-_INDEX_AT: Final = b"\r\n" + hdr.INDEX.encode("ascii") + b":"
+
+def header_at(name: str) -> bytes:
+    """What a header line of ``name`` starts with inside a block: ``\\r\\nName:``."""
+    return b"\r\n" + name.encode("ascii") + b":"
+
+
+def number_at(raw: bytes, at: bytes) -> int:
+    """The decimal value of the first header line starting with ``at`` (see
+    :func:`header_at`), or -1 if there is none or it is not a number.
+
+    Two ``bytes.find``: about half the cost of a regular expression search (the inline Direct
+    Get path reads ``Nats-Sequence`` from every reply).
+    """
+    k = raw.find(at)
+    if k < 0:
+        return -1
+    k += len(at)
+    end = raw.find(b"\r", k)  # a block always ends with CRLF CRLF; a truncated one does not
+    value = raw[k : end if end >= 0 else None].strip()
+    return int(value) if value.isdigit() else -1
+
+
+_KIND_AT: Final = header_at(hdr.KIND)
+_INDEX_AT: Final = header_at(hdr.INDEX)
 
 
 def _header_re(name: str) -> re.Pattern[bytes]:
