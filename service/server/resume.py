@@ -18,7 +18,7 @@ import msgspec
 from actors.registry import Registry
 from schemas.api import ResumeSnapshot, StatusReply
 from schemas.content.aggregator import ContentAggregator
-from schemas.events import HDR_INDEX, EventKind
+from schemas.events import HDR_INDEX, HDR_KIND, EventKind
 from schemas.job import JobRecord, JobStatus
 from service.config import Settings
 from service.nats.directget import direct_get_batch
@@ -57,7 +57,7 @@ async def replay(
         for m in msgs:
             if m.seq > up_to_seq:
                 return agg
-            if m.headers.get("Genjobs-Kind") == EventKind.STEP:
+            if m.header(HDR_KIND) == EventKind.STEP:
                 ev = msgspec.json.decode(m.data)
                 if isinstance(ev, dict) and isinstance(ev.get("event"), str):
                     agg.apply(ev["event"], ev.get("data"))
