@@ -183,11 +183,18 @@ class Reader:
         # Everything queued live is already stored, so this re-read (and its next rounds) covers it.
         self._inbox.clear()
         msgs, pending = await self._hub._fetch(self.job_id, self._cursor + 1)
+        # What _accept does, inlined: this loop runs once per replayed event.
+        ready, cursor, ended = self._ready, self._cursor, self._ended
         for m in msgs:
-            if m.seq > self._cursor and not self._ended:
+            if m.seq > cursor and not ended:
                 ev = stored_event(m)
-                self._ready.append(ev)
-                self._accept(ev)
+                ready.append(ev)
+                cursor = ev.seq
+                ended = ev.kind in TERMINAL_KINDS
+        self._cursor = cursor
+        if ended and not self._ended:
+            self._ended = True
+            self._inbox.clear()
         if not msgs and self._have == 0 and self._cursor > 0:
             await self._check_resumed_after_end()
         if self._ended or (pending == 0 and self._want == want):

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -52,7 +53,7 @@ from nats.aio.subscription import Subscription
 
 from schemas import headers as hdr
 from service.nats import compat
-from service.nats.stored import StoredMsg, header_at, number_at, parse_headers
+from service.nats.stored import StoredMsg, parse_headers
 
 __all__ = [
     "DirectGetClient",
@@ -124,8 +125,8 @@ def transient(error: Exception) -> float | None:
     return error.timeout if isinstance(error, ReplayTimeout) else 0.0
 
 
-_SEQ_AT: Final = header_at(hdr.SEQUENCE)
-_PENDING_AT: Final = header_at(hdr.NUM_PENDING)
+_SEQ_RE: Final = re.compile(rb"\r\n" + hdr.SEQUENCE.encode() + rb":[ \t]*([0-9]+)")
+_PENDING_RE: Final = re.compile(rb"\r\n" + hdr.NUM_PENDING.encode() + rb":[ \t]*([0-9]+)")
 _CRLF: Final = b"\r\n"
 
 
@@ -157,6 +158,8 @@ class DirectGetClient:
         self._sub: Subscription | None = None
         self._starting: asyncio.Future[None] | None = None
         self._raw: dict[int, compat.RawHandler] | None = None  # the routes, once ours is in
+        self._hot_subject = b""  # the reply subject of the last inline reply, and its request
+        self._hot: _Pending | None = None
         self._closed = False
 
     @property
@@ -196,22 +199,26 @@ class DirectGetClient:
     def _on_raw(self, subject: bytes, headers: bytes | None, data: bytes) -> None:
         """One reply, inline in nats-py's read loop, from its raw bytes: parse as little as
         possible and never raise into the read loop."""
-        pending = self._pending.get(subject[self._plen :].decode("ascii", "replace"))
+        if subject == self._hot_subject:  # the next reply of the batch the last one was of
+            pending = self._hot
+        else:
+            pending = self._pending.get(subject[self._plen :].decode("ascii", "replace"))
+            self._hot_subject, self._hot = subject, pending
         if pending is None or pending.future.done():
             return  # a reply to a request that already timed out
         try:
             if headers is None or headers[8:9] != b" ":  # no status line: a stored message
-                seq = number_at(headers, _SEQ_AT) if headers else -1
-                if seq < 0:
+                m = _SEQ_RE.search(headers) if headers else None
+                if m is None:
                     raise DirectGetError(pending.stream, "?", "reply without Nats-Sequence")
-                pending.msgs.append(StoredMsg(seq, data, raw_headers=headers or b""))
+                pending.msgs.append(StoredMsg(int(m.group(1)), data, raw_headers=headers or b""))
                 if not pending.batch:
                     pending.future.set_result((pending.msgs, 0))
                 return
             status = headers[9:12].decode("ascii", "replace")
             if status == "204":
-                left = number_at(headers, _PENDING_AT)
-                pending.future.set_result((pending.msgs, max(left, 0)))
+                m = _PENDING_RE.search(headers)
+                pending.future.set_result((pending.msgs, int(m.group(1)) if m else 0))
             elif status == "404":
                 pending.future.set_result((pending.msgs, 0))
             else:
@@ -329,6 +336,8 @@ class DirectGetClient:
             raise ReplayTimeout(stream, subject, int(body.get("seq", 0)), timeout) from e
         finally:
             del self._pending[token]
+            if self._hot is pending:
+                self._hot_subject, self._hot = b"", None
 
     def fail_owned(self, owner: object, error: BaseException) -> int:
         """Fail at once the waiting requests made for ``owner`` (a closing reader hub) with

@@ -24,24 +24,11 @@ def header_at(name: str) -> bytes:
     return b"\r\n" + name.encode("ascii") + b":"
 
 
-def number_at(raw: bytes, at: bytes) -> int:
-    """The decimal value of the first header line starting with ``at`` (see
-    :func:`header_at`), or -1 if there is none or it is not a number.
-
-    Two ``bytes.find``: about half the cost of a regular expression search (the inline Direct
-    Get path reads ``Nats-Sequence`` from every reply).
-    """
-    k = raw.find(at)
-    if k < 0:
-        return -1
-    k += len(at)
-    end = raw.find(b"\r", k)  # a block always ends with CRLF CRLF; a truncated one does not
-    value = raw[k : end if end >= 0 else None].strip()
-    return int(value) if value.isdigit() else -1
-
-
-_KIND_AT: Final = header_at(hdr.KIND)
-_INDEX_AT: Final = header_at(hdr.INDEX)
+# As nats-py and nats-server write them: "Name: value". Other spacing takes header().
+_KIND_AT: Final = header_at(hdr.KIND) + b" "
+_INDEX_AT: Final = header_at(hdr.INDEX) + b" "
+_KIND_LEN: Final = len(_KIND_AT)
+_INDEX_LEN: Final = len(_INDEX_AT)
 
 
 def _header_re(name: str) -> re.Pattern[bytes]:
@@ -121,16 +108,19 @@ class StoredMsg:
         not a number), wherever they are in the block.
 
         The replay's hot path: two ``bytes.find`` by name (~0.5 µs for a stored event's ten
-        headers); a block with unusual spacing around the names takes :meth:`header`.
+        headers); a block with other spacing around the names, or an index that is not a
+        number, takes :meth:`header`.
         """
         raw = self._raw
         k = raw.find(_KIND_AT)
         i = raw.find(_INDEX_AT)
-        if k >= 0 and i >= 0:
-            k += len(_KIND_AT)
-            i += len(_INDEX_AT)
-            kind = raw[k : raw.find(b"\r", k)].strip().decode("utf-8", "replace")
-            return kind, _index(raw[i : raw.find(b"\r", i)].strip())
+        if k >= 0 and i >= 0:  # a block ends with CRLF CRLF: every line has its CR
+            i += _INDEX_LEN
+            index = raw[i : raw.find(b"\r", i)]
+            if index.isdigit():
+                k += _KIND_LEN
+                kind = raw[k : raw.find(b"\r", k)].strip().decode("utf-8", "replace")
+                return kind, int(index)
         return self.header(hdr.KIND) or "", _index(self.header(hdr.INDEX) or "")
 
     def __repr__(self) -> str:
