@@ -31,6 +31,11 @@ check:
 bench *ARGS:
     {{py}} -m bench.run {{ARGS}}
 
+# `just bench` on two git revisions back to back, each in a temporary worktree, alternating
+# runs (--rounds N), then a before/after table (bench/compare.py). Run it on an idle machine.
+bench-compare BEFORE AFTER *ARGS:
+    {{py}} -m bench.compare {{BEFORE}} {{AFTER}} {{ARGS}}
+
 # Tiny benchmark run: checks every figure is produced (also part of `just test`).
 bench-smoke:
     {{py}} -m bench.run --smoke
@@ -39,6 +44,11 @@ bench-smoke:
 bench-deps:
     command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
     {{py}} -m pip install -q -e '.[bench]'
+
+# The architecture's shape: upward imports, import cycles, modules and functions over the
+# size limits (tests/test_layers.py fails on them).
+structure:
+    {{py}} -m tests.structure
 
 # Long fault-injection variants (kill -9, restarts, cluster failover; the short ones run in
 # `just test`). Figures go to the terminal and, as JSON lines, to $GENJOBS_FAULTS_REPORT if set.

@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from schemas import headers as hdr
 from service.config import Settings
 
 log = logging.getLogger("genjobs.cli")
@@ -163,7 +164,7 @@ async def api_request(
     except msgspec.DecodeError:
         reply = msg.data.decode(errors="replace")
     headers = msg.headers or {}
-    failed = "Nats-Service-Error-Code" in headers or (
+    failed = hdr.SERVICE_ERROR_CODE in headers or (
         isinstance(reply, dict) and set(reply) == {"error"}
     )
     return not failed, reply

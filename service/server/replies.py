@@ -17,13 +17,14 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from schemas import headers as hdr
 from schemas.api import ErrorCode, error_body
 from schemas.errors import GenjobsError
 
 log = logging.getLogger("genjobs.api")
 
-ERROR_HEADER: Final = "Nats-Service-Error"
-ERROR_CODE_HEADER: Final = "Nats-Service-Error-Code"
+ERROR_HEADER: Final = hdr.SERVICE_ERROR
+ERROR_CODE_HEADER: Final = hdr.SERVICE_ERROR_CODE
 
 
 def header_text(text: str, limit: int = 200) -> str:

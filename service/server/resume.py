@@ -42,7 +42,7 @@ async def replay(
         for m in msgs:
             if m.seq > up_to_seq:
                 return agg
-            if m.headers.get(HDR_KIND) == EventKind.STEP:
+            if m.header(HDR_KIND) == EventKind.STEP:
                 ev = msgspec.json.decode(m.data)
                 if isinstance(ev, dict) and isinstance(ev.get("event"), str):
                     agg.apply(ev["event"], ev.get("data"))
