@@ -18,12 +18,12 @@ import nats
 from nats.aio.client import Client as NATS
 
 from service import simulate as sim
-from service.api import ServiceApi
+from service.server.api import ServiceApi
 from service.config import Settings
 from service.http.app import GatewayServer, build_app
 from service.http.config import HttpSettings
-from service.reader import LiveHub, read_all
-from service.replica import Replica
+from service.client.reader import LiveHub, read_all
+from service.server.replica import Replica
 
 from .helpers import running_replica
 

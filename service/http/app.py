@@ -29,8 +29,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from nats.aio.client import Client as NATS
 
+from service.client.reader import LiveHub
 from service.config import Settings
-from service.reader import LiveHub
 
 from .auth import Authenticator
 from .chat import ChatRoutes

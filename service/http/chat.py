@@ -23,11 +23,11 @@ from nats.errors import Error as NatsError
 
 from schemas.errors import BadRequest, GenjobsError, NotFound
 from schemas.ids import ID_RE
+from service.client import api as upstream
+from service.client.reader import LiveHub, ReaderError
 from service.config import Settings
-from service.directget import DirectGetError, ReplayTimeout
-from service.reader import LiveHub, ReaderError
+from service.nats.directget import DirectGetError, ReplayTimeout
 
-from . import upstream
 from .auth import Authenticator, Identity
 from .config import HttpSettings
 from .errors import json_response
@@ -255,10 +255,7 @@ class ChatRoutes:
 
 
 def _user_body(ident: Identity) -> dict[str, Any]:
-    body: dict[str, Any] = {"userId": ident.user_id}
-    if ident.tenant_id:
-        body["tenantId"] = ident.tenant_id
-    return body
+    return upstream.user_body(ident.user_id, ident.tenant_id)
 
 
 def _abort_target(payload: dict[str, Any]) -> str | None:

@@ -21,9 +21,9 @@ from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 
 from schemas.errors import GenjobsError, NotFound
+from service.client import api as upstream
 from service.config import Settings
 
-from . import upstream
 from .config import HttpSettings
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 

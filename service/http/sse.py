@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
-from service.reader import ReadEvent
+from service.client.reader import ReadEvent
 
 from .config import HttpSettings
 
