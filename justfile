@@ -44,3 +44,7 @@ bench-deps:
 # `just test`). Figures go to the terminal and, as JSON lines, to $GENJOBS_FAULTS_REPORT if set.
 chaos *ARGS:
     {{py}} -m pytest -m slow tests/faults {{ARGS}}
+
+# The HTTP gateway (a plain NATS client; needs GENJOBS_JWT_SECRET, or GENJOBS_AUTH=none for dev).
+gateway *ARGS:
+    {{py}} -m service.cli gateway {{ARGS}}

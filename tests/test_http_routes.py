@@ -380,3 +380,51 @@ async def test_abort_of_an_unknown_job_is_404_and_bad_bodies_400(settings: Setti
             ) as resp:
                 assert resp.status == 400, bad
                 assert "error" in await resp.json()
+
+
+async def test_abort_of_a_finished_job_succeeds_and_its_stream_is_unchanged(
+    settings: Settings,
+) -> None:
+    async with serving(settings) as replica, gateway(settings) as gw, aiohttp.ClientSession() as s:
+        await produce(replica, "u1", "job-fin", tokens=3)
+        async with s.post(
+            f"{gw.url}{CHAT}/abort", json={"streamId": "job-fin"}, headers=auth("u1")
+        ) as resp:
+            assert resp.status == 200
+            assert await resp.json() == {"success": True, "aborted": "job-fin"}
+        got = await read_sse(s, f"{gw.url}{CHAT}/stream/job-fin", headers=auth("u1"))
+        assert seen(got.frames) == await stored(gw.nc, settings, "job-fin")
+        assert got.frames[-1].json()["final"] is True
+
+
+async def test_abort_body_over_the_request_limit_is_413(settings: Settings) -> None:
+    small = settings.with_(max_request_bytes=1024)
+    async with serving(settings), gateway(small) as gw, aiohttp.ClientSession() as s:
+        big = {"streamId": "job-x", "pad": "x" * 4096}
+        async with s.post(f"{gw.url}{CHAT}/abort", json=big, headers=auth("u1")) as resp:
+            assert resp.status == 413
+            assert "error" in await resp.json()
+
+
+async def test_cors_for_configured_origins_only(settings: Settings) -> None:
+    hs = http_settings(cors_origins="https://chat.example, https://other.example")
+    async with serving(settings), gateway(settings, hs) as gw, aiohttp.ClientSession() as s:
+        url = f"{gw.url}{CHAT}/active"
+        pre = {"Origin": "https://chat.example", "Access-Control-Request-Method": "GET",
+               "Access-Control-Request-Headers": "authorization,last-event-id"}  # fmt: skip
+        async with s.options(url, headers=pre) as resp:
+            assert resp.status == 204
+            assert resp.headers["Access-Control-Allow-Origin"] == "https://chat.example"
+            assert resp.headers["Access-Control-Allow-Credentials"] == "true"
+            allowed = resp.headers["Access-Control-Allow-Headers"].lower()
+            assert "authorization" in allowed
+            assert "last-event-id" in allowed
+        origin = {"Origin": "https://chat.example"}
+        async with s.get(url, headers={**auth("u1"), **origin}) as resp:
+            assert resp.status == 200
+            assert resp.headers["Access-Control-Allow-Origin"] == "https://chat.example"
+        async with s.get(url, headers=origin) as resp:  # errors carry them too
+            assert resp.status == 401
+            assert resp.headers["Access-Control-Allow-Origin"] == "https://chat.example"
+        async with s.get(url, headers={**auth("u1"), "Origin": "https://evil.example"}) as resp:
+            assert "Access-Control-Allow-Origin" not in resp.headers
