@@ -147,12 +147,13 @@ async def _serve(settings: Settings, connect_wait: float, hs: HttpSettings | Non
             await stop.wait()
         log.info("stopping: no new work; running jobs get their terminal event")
     finally:
-        # The shutdown sequence: stop taking requests, end the jobs, flush, drain.
+        # The shutdown sequence: stop taking requests, end the jobs, flush, drain. The HTTP
+        # gateway stops after the jobs, so its SSE clients get their jobs' terminal events.
         stop.set()
-        await http.stop()
         if api is not None:
             await api.stop()
         await replica.stop()
+        await http.stop()
         if not nc.is_closed:
             try:
                 await asyncio.wait_for(nc.drain(), timeout=settings.shutdown_grace)
