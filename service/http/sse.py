@@ -74,7 +74,7 @@ class SlowClient(Exception):
 class SseResponse:
     """One open SSE response: write frames, heartbeat, drop a slow client."""
 
-    __slots__ = ("_over_since", "hs", "last_write", "metrics", "request", "resp")
+    __slots__ = ("_over_since", "done", "hs", "last_write", "metrics", "request", "resp")
 
     def __init__(
         self, request: web.Request, resp: web.StreamResponse, hs: HttpSettings, metrics: Metrics
@@ -85,6 +85,8 @@ class SseResponse:
         self.metrics = metrics
         self.last_write = 0.0
         self._over_since = 0.0
+        self.done = False
+        """The handler has stopped writing events: no more heartbeats."""
 
     @classmethod
     async def open(
@@ -136,6 +138,8 @@ class SseResponse:
         Raises:
             ConnectionError: the client is gone.
         """
+        if self.done:
+            return
         if self.buffered() >= self.hs.sse_max_buffer:
             if self._over_since == 0.0:
                 self._over_since = now
@@ -189,6 +193,7 @@ class Heartbeats:
         try:
             yield
         finally:
+            sse.done = True
             self.open.discard(sse)
 
     async def run(self) -> None:
@@ -201,4 +206,8 @@ class Heartbeats:
                 try:
                     await sse.heartbeat(now)
                 except ConnectionError:
+                    sse.close()
+                except Exception:
+                    # One broken response must not stop the heartbeats of all the others.
+                    log.exception("heartbeat to %s failed; closing it", sse.request.remote)
                     sse.close()
