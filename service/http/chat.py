@@ -196,12 +196,14 @@ class ChatRoutes:
         body = upstream.job_body(job_id, ident.user_id, ident.tenant_id)
         try:
             info = await self._call("status", body)
-            snap = await self._call("resume", body)
+            active = bool(info.get("active"))
+            # LibreChat sends the resume state of a running job only.
+            snap = await self._call("resume", body) if active else None
         except NotFound:
             return web.json_response({"active": False})
         return web.json_response(
             {
-                "active": bool(info.get("active")),
+                "active": active,
                 "streamId": job_id,
                 "status": info.get("status"),
                 "aggregatedContent": info.get("aggregatedContent", []),
