@@ -1,8 +1,9 @@
 """Server-sent events for one job: frames with ``id: <stream seq>``, heartbeats, slow clients.
 
 A response is one task (aiohttp's handler task) that reads the job with the client SDK's
-:class:`~service.reader.Reader` and writes each event as it comes; nothing else per connection
-(no queue task, no timer): one :class:`Heartbeats` task per process walks the open responses.
+:class:`~service.client.reader.Reader` and writes the events as they come (those already
+waiting in one write); no other task per connection: one :class:`Heartbeats` task per process
+walks the open responses.
 
 Every frame carries ``id: <seq>``, the event's stream sequence, so a browser's ``EventSource``
 reconnect (``Last-Event-ID``) continues after the last frame it parsed, with no gap and no
