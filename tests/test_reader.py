@@ -670,3 +670,24 @@ async def test_idle_reader_wakes_once_per_idle_check(
             for w in waiting:
                 w.cancel()
     assert timers <= 2 * checks, (timers, checks)
+
+
+async def test_ready_now_says_whether_the_next_read_returns_at_once(
+    nc: NATS, settings: Settings, js: JetStreamContext, producer: Producer
+) -> None:
+    await producer.emit_many("job", 3)
+    async with LiveHub(nc, settings, idle_check=60) as hub, hub.subscribe("job") as reader:
+        assert not reader.ready_now()  # the replay request is still to be sent
+        async with asyncio.timeout(WAIT):
+            first = await anext(reader)
+            assert reader.ready_now()  # the rest of the replay batch is here
+            rest = [await anext(reader), await anext(reader)]
+            assert not reader.ready_now()  # nothing more: the next read waits
+            live = await producer.emit("job")
+
+            async def arrived() -> bool:
+                return reader.ready_now()  # the live message reached the reader's queue
+
+            await wait_for(arrived, timeout=WAIT)
+            assert await anext(reader) == live
+    assert [first, *rest] == producer.sent["job"][:3]

@@ -169,6 +169,20 @@ class Reader:
         """Events held for this reader: at most ``settings.reader_queue``."""
         return len(self._ready) + len(self._inbox)
 
+    def ready_now(self) -> bool:
+        """Whether the next read returns an event at once, without waiting or any request:
+        a gateway writes such events together with the one it holds."""
+        if self._error is not None or not self._joined:
+            return False
+        if self._ready:
+            return True
+        if self._want != self._have or self._hub._needs_sub:
+            return False
+        for ev, prev in self._inbox:
+            if ev.seq > self._cursor:
+                return prev == self._cursor
+        return False
+
     async def __aenter__(self) -> Reader:
         await self._hub._join(self)
         self._joined = True

@@ -199,9 +199,9 @@ class ChatRoutes:
                     if ev.terminal:
                         await self._flush(sse, frames)
                         return True
-                if not reader.buffered or len(frames) >= MAX_BATCH or size >= limit:
+                if not reader.ready_now() or len(frames) >= MAX_BATCH or size >= limit:
                     break
-                ev = await anext(reader)  # waiting already: returns without I/O
+                ev = await anext(reader)  # ready: returns at once, no I/O
             await self._flush(sse, frames)
         await self._flush(sse, frames)
         return False
