@@ -54,3 +54,11 @@ structure:
 # `just test`). Figures go to the terminal and, as JSON lines, to $GENJOBS_FAULTS_REPORT if set.
 chaos *ARGS:
     {{py}} -m pytest -m slow tests/faults {{ARGS}}
+
+# The HTTP gateway (a plain NATS client; needs GENJOBS_JWT_SECRET, or GENJOBS_AUTH=none for dev).
+gateway *ARGS:
+    {{py}} -m service.cli gateway {{ARGS}}
+
+# Which HTTP stack holds idle SSE connections cheaper: aiohttp vs Starlette on uvicorn (bench extra).
+bench-stack *ARGS:
+    {{py}} -m bench.sse_stack {{ARGS}}

@@ -20,6 +20,11 @@ from service.nats.stored import StoredMsg
 
 log = logging.getLogger("genjobs.reader")
 
+_TIMER_SLACK = 0.002
+"""uvloop's timers have millisecond granularity and fire up to a millisecond early: a timer
+that re-armed itself for the same instant would spin until then (seen as 100 wake-ups per
+idle check and 12 % of a core for 5,000 idle readers)."""
+
 
 class Hub(Protocol):
     """The side of a :class:`~service.client.reader.LiveHub` its readers use."""
@@ -36,6 +41,8 @@ class Hub(Protocol):
     async def _fetch(self, job_id: str, start: int) -> tuple[list[StoredMsg], int]: ...
 
     async def _last_msg(self, job_id: str) -> StoredMsg | None: ...
+
+    async def _recent_tail(self, job_id: str) -> int: ...
 
     def _idle_delay(self) -> float: ...
 
@@ -77,6 +84,20 @@ class Reader:
     def buffered(self) -> int:
         """Events held for this reader: at most ``settings.reader_queue``."""
         return len(self._ready) + len(self._inbox)
+
+    def ready_now(self) -> bool:
+        """Whether the next read returns an event at once, without waiting or any request:
+        a gateway writes such events together with the one it holds."""
+        if self._error is not None or not self._joined:
+            return False
+        if self._ready:
+            return True
+        if self._want != self._have or self._hub._needs_sub:
+            return False
+        for ev, prev in self._inbox:
+            if ev.seq > self._cursor:
+                return prev == self._cursor
+        return False
 
     async def __aenter__(self) -> Reader:
         await self._hub._join(self)
@@ -230,7 +251,7 @@ class Reader:
         if self._waiter is None:
             return  # not waiting: the next wait arms the timer again
         loop = asyncio.get_running_loop()
-        if loop.time() < self._idle_at:
+        if loop.time() + _TIMER_SLACK < self._idle_at:
             self._timer = loop.call_at(self._idle_at, self._on_timer)
         else:
             _wake(self._waiter, False)
@@ -241,9 +262,9 @@ class Reader:
         if self._want != self._have:
             return
         try:
-            last = await self._hub._last_msg(self.job_id)
+            last_seq = await self._hub._recent_tail(self.job_id)
         except ReplayTimeout as e:
             log.warning("idle check of job %s failed, next one later: %s", self.job_id, e)
             return
-        if last is not None and last.seq > self._cursor:
+        if last_seq > self._cursor:
             self._want += 1

@@ -47,7 +47,7 @@ from nats.aio.subscription import Subscription
 
 from schemas import headers as hdr
 from service.client.jobreader import Reader
-from service.client.readevent import HubClosed, ReaderError, ReadEvent, live_event
+from service.client.readevent import HubClosed, ReaderError, ReadEvent, live_event, stored_event
 from service.config import Settings
 from service.nats import compat
 from service.nats.directget import DirectGetClient, client_for, transient
@@ -68,7 +68,7 @@ PresenceCallback = Callable[[str], Awaitable[None]]
 class _Feed:
     """The one live subscription of a job in a hub, fanned out to the job's readers."""
 
-    __slots__ = ("hub", "job_id", "local", "readers", "sub")
+    __slots__ = ("hub", "job_id", "local", "readers", "sub", "tail_at", "tail_seq")
 
     def __init__(self, hub: LiveHub, job_id: str) -> None:
         self.hub = hub
@@ -76,6 +76,10 @@ class _Feed:
         self.readers: set[Reader] = set()
         self.sub: Subscription | None = None
         self.local = False  # fed by the job's actor in this process (service/nats/localtap.py)
+        # The job's last stored seq as an idle check saw it, and when that check started:
+        # the job's other idle readers reuse it for half an idle interval (LiveHub._recent_tail).
+        self.tail_at = -1e18
+        self.tail_seq = 0
 
     def on_local(self, seq: int, prev: int, kind: str, index: int, data: bytes) -> None:
         item = (ReadEvent(seq, index, kind, data), prev)
@@ -148,6 +152,21 @@ class LiveHub:
         if after_seq < 0:
             raise ValueError(f"after_seq must be >= 0, got {after_seq}")
         return Reader(self, job_id, after_seq)
+
+    async def last_event(self, job_id: str) -> ReadEvent | None:
+        """The job's last stored event (its terminal one once the job ended), or ``None``.
+
+        A gateway uses it to tell a client that resumes after the terminal event that nothing
+        more will come. It rides out an outage as a replay does.
+
+        Raises:
+            ValueError: ``job_id`` is not a safe identifier.
+            HubClosed, ReplayTimeout, DirectGetError: see :meth:`_ride_out`.
+        """
+        if not _ID_RE.fullmatch(job_id):
+            raise ValueError(f"invalid job id {job_id[:40]!r}")
+        last = await self._last_msg(job_id)
+        return None if last is None else stored_event(last)
 
     def watchers(self, job_id: str) -> int:
         """How many readers of ``job_id`` are open in this hub."""
@@ -261,6 +280,29 @@ class LiveHub:
                 owner=self,
             ),
         )
+
+    async def _recent_tail(self, job_id: str) -> int:
+        """The job's last stored seq, as of at most ``idle_check / 2`` seconds ago.
+
+        Idle checks are per reader, but their answer is per job: a gateway with thousands of
+        idle readers on a few jobs would otherwise send one Direct Get per reader and
+        interval. The first reader of a job to check asks the stream; the job's other readers
+        reuse that answer for half an interval, so a lost event is still found within about
+        1.5 intervals, with one request per job and half interval however many readers wait.
+        The answer is recorded only once the request returned (a cancelled reader leaves the
+        feed as it was).
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        feed = self._feeds.get(job_id)
+        if feed is not None and started - feed.tail_at < self._idle / 2:
+            return feed.tail_seq
+        last = await self._last_msg(job_id)
+        seq = 0 if last is None else last.seq
+        feed = self._feeds.get(job_id)
+        if feed is not None and started > feed.tail_at:
+            feed.tail_at, feed.tail_seq = started, seq
+        return seq
 
     async def _last_msg(self, job_id: str) -> StoredMsg | None:
         subject = self._s.events_subject(job_id)
