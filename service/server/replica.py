@@ -5,10 +5,15 @@
         ...
 
 Start: connect (or use the given connection), provision, open the buckets, write the first
-heartbeat, then take work. Stop (also on SIGTERM in ``genjobs serve``), in this order: stop
-taking work → give every running job its terminal event ("interrupted: replica shutting down"),
-bounded by ``shutdown_grace`` → wait for the actors → stop background tasks → flush publish
-acks → drain the connection.
+heartbeat, then take work. Stop (also on SIGTERM in ``genjobs serve``), in this order, bounded
+as a whole by ``shutdown_grace`` (also without NATS): stop taking work (unsubscribe, and flush
+that, so nothing more is routed here) → give every running job its terminal event
+("interrupted: replica shutting down") → wait for the actors → stop background tasks → flush
+publish acks → drain the connection. Jobs left without a terminal event are logged and listed
+in ``unfinished``.
+
+``health()`` is the replica's readiness as data (NATS state, how long it has been away, whether
+it gave up after ``nats_lost_after``): what an HTTP ``/readyz`` reads.
 """
 
 from __future__ import annotations
