@@ -79,3 +79,19 @@ def test_the_checker_sees_upward_imports_cycles_and_type_only_imports(tmp_path: 
     assert structure.layer("elsewhere") is None
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
     assert structure.strongly_connected(graph) == [["a", "b", "c"]]
+
+
+def test_every_file_the_architecture_docs_name_exists() -> None:
+    """docs/architecture.md and the README's code map name files; each must be there, so the
+    map cannot drift from the layout."""
+    import re
+
+    missing = []
+    for doc in ("docs/architecture.md", "README.md"):
+        text = (structure.ROOT / doc).read_text()
+        for path in set(
+            re.findall(r"`((?:schemas|actors|service|tests|bench|docs)/[\w/.]+)`", text)
+        ):
+            if not (structure.ROOT / path.rstrip("/")).exists():
+                missing.append(f"{doc}: {path}")
+    assert missing == []
