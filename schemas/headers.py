@@ -1,7 +1,7 @@
 """Every NATS header name genjobs writes or reads: the one place they are spelled.
 
 Two families. ``Genjobs-*`` are genjobs' own, written on every stored event (docs/protocol.md,
-the event log): the event's kind (routes it without parsing the payload), its index in the job
+the event log) and on some answers: the event's kind (routes it without parsing the payload), its index in the job
 and the writer that stored it (how a retried publish is told from another writer's event at the
 same index). ``Nats-*``, ``Status`` and ``KV-Operation`` are the server's: set by JetStream on
 Direct Get replies and republished messages, by KV on its entries, by nats.micro on errors.
@@ -23,6 +23,11 @@ INDEX: Final = "Genjobs-Index"
 """The event's index in its job, from 0: the producer's position, dense and unique."""
 WRITER: Final = "Genjobs-Writer"
 """Who stored it: the owner's replica id, or ``takeover:<replica id>``."""
+
+# --- genjobs' own, on answers ----------------------------------------------------------------
+
+UNREACHABLE: Final = "Genjobs-Unreachable"
+"""On an answer given in another replica's place when that replica did not answer: its id."""
 
 # --- JetStream -------------------------------------------------------------------------------
 

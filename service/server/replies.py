@@ -59,7 +59,7 @@ async def send_error(nc: NATS, msg: Msg, error: GenjobsError) -> None:
     await send(nc, msg, error_body(code, error.message), headers=headers)
 
 
-UNREACHABLE_HEADER: Final = "Genjobs-Unreachable"
+UNREACHABLE_HEADER: Final = hdr.UNREACHABLE
 """Set on an answer given in another replica's place when that replica did not answer (its
 value is that replica's id)."""
 
