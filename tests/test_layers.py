@@ -5,6 +5,7 @@ The analysis is ``tests/structure.py`` (``python -m tests.structure`` prints it)
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tests import structure
@@ -17,13 +18,14 @@ KNOWN_CYCLES: dict[tuple[str, ...], str] = {
 
 # Modules and functions over the size limits, being split by their owners (issue 11); the
 # test fails on any other, and on an entry here that is no longer over (keep the list honest).
+# Keys: "path:" for a module, "path name()" for a function (line numbers move, names stay).
 KNOWN_OVERSIZED: dict[str, str] = {
     "actors/stream_actor.py:": "core: one termination path (issue 11 items 1, 4)",
     "schemas/events.py:": "lead: schemas",
     "service/server/ingest.py:": "answers / core: ingest relay",
     "service/server/replica.py:": "core / answers: the replica",
-    "service/cli/serve.py:96 _serve()": "answers: the serve sequence",
-    "service/cli/main.py:83 build_parser()": "lead: CLI",
+    "service/cli/serve.py _serve()": "answers: the serve sequence",
+    "service/cli/main.py build_parser()": "lead: CLI",
 }
 
 
@@ -38,7 +40,7 @@ def test_no_import_cycle() -> None:
 
 
 def test_modules_and_functions_stay_within_the_size_limits() -> None:
-    found = structure.oversized()
+    found = [re.sub(r":\d+ ", " ", f) for f in structure.oversized()]
     unexpected = [f for f in found if not any(f.startswith(k) for k in KNOWN_OVERSIZED)]
     assert unexpected == []
     stale = [k for k in KNOWN_OVERSIZED if not any(f.startswith(k) for f in found)]
@@ -87,8 +89,6 @@ def test_the_checker_sees_upward_imports_cycles_and_type_only_imports(tmp_path: 
 def test_every_file_the_architecture_docs_name_exists() -> None:
     """docs/architecture.md and the README's code map name files; each must be there, so the
     map cannot drift from the layout."""
-    import re
-
     missing = []
     for doc in ("docs/architecture.md", "README.md"):
         text = (structure.ROOT / doc).read_text()

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import logging
 import signal
-import sys
 from typing import Any
 
 import nats
@@ -32,20 +31,12 @@ from service.cli.common import (
     redact_url,
     run_async,
     settings_from,
+    setup_logging,
 )
 from service.config import Settings
 from service.http.config import HttpSettings
 
 log = logging.getLogger("genjobs.serve")
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stdout,
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        force=True,
-    )
 
 
 async def _start_replica(
