@@ -56,8 +56,8 @@ async def test_retry_returns_once_the_operation_succeeds_and_raises_what_is_not_
     async def sleep(seconds: float) -> None:
         pauses.append(seconds)
 
-    def transient(e: Exception) -> float | None:
-        return 0.0 if isinstance(e, Flaky) else None
+    def transient(e: Exception) -> bool | None:
+        return True if isinstance(e, Flaky) else None
 
     policy = OutagePolicy(budget=30.0)
     assert await retry(op, policy, what="op", transient=transient, sleep=sleep) == "done"
@@ -75,8 +75,8 @@ async def test_retry_gives_up_with_the_callers_error_once_the_budget_is_spent() 
     async def op() -> None:
         raise Flaky("down")
 
-    def transient(e: Exception) -> float | None:
-        return 0.0 if isinstance(e, Flaky) else None
+    def transient(e: Exception) -> bool | None:
+        return True if isinstance(e, Flaky) else None
 
     with pytest.raises(RuntimeError, match=r"gave up after \d attempts") as err:
         await retry(

@@ -117,12 +117,13 @@ class ReplayTimeout(DirectGetError, TimeoutError):
         self.timeout = timeout
 
 
-def transient(error: Exception) -> float | None:
+def transient(error: Exception) -> bool | None:
     """How :func:`service.nats.outage.retry` classifies a Direct Get failure: ``None`` if it
-    is not an outage, else how long the attempt waited (a timeout's; 0 for a 503: back off)."""
+    is not an outage, ``True`` for a 503 (failed fast: back off), ``False`` for a timeout
+    (waited already: retry at once)."""
     if not isinstance(error, DirectGetError) or not error.transient:
         return None
-    return error.timeout if isinstance(error, ReplayTimeout) else 0.0
+    return not isinstance(error, ReplayTimeout)
 
 
 _SEQ_RE: Final = re.compile(rb"\r\n" + hdr.SEQUENCE.encode() + rb":[ \t]*([0-9]+)")

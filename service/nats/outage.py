@@ -9,8 +9,9 @@ a reader's replay and idle checks (``service/client/reader.py``) and a session's
 settings:
 
 * the **budget**: the operation keeps retrying until ``budget`` seconds have passed since its
-  first failed attempt (``GENJOBS_PUBLISH_OUTAGE_BUDGET``); an attempt that failed by timing out
-  counts from when it was sent;
+  first failed attempt (``GENJOBS_PUBLISH_OUTAGE_BUDGET``); for a publish, an attempt that
+  failed by timing out counts from when it was sent (readers count from when it failed, so a
+  reader outlasts its producer's outage by up to one request timeout);
 * the **backoff**: an attempt that failed fast (a 503) is retried after ``backoff_first`` seconds,
   doubling up to ``backoff_max``, so a 503 does not burn the attempts in milliseconds; one that
   failed slowly (a timeout) has waited already and is retried at once;
@@ -100,15 +101,16 @@ async def retry(
     policy: OutagePolicy,
     *,
     what: str,
-    transient: Callable[[Exception], float | None],
+    transient: Callable[[Exception], bool | None],
     stopped: Callable[[], bool] = _never,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     spent: Callable[[Outage, Exception], Exception] | None = None,
 ) -> T:
     """``op()`` retried through an outage under ``policy``.
 
-    ``transient(error)`` classifies a failure: ``None`` means it is not an outage (raised at
-    once); a number is how long the attempt took to fail (0: fast, back off before the next).
+    ``transient(error)`` classifies a failure: ``None``: not an outage (raised at once);
+    ``True``: it failed fast (a 503), back off before the next attempt; ``False``: it failed
+    slowly (a timeout), which waited already: retry at once.
     ``stopped()`` true ends the wait at once (a closed connection or hub); ``sleep`` waits a
     pause (a hub passes one that its close interrupts). ``spent(outage, error)``, if given,
     makes the error raised once the budget is spent (chained to the last one).
@@ -122,12 +124,12 @@ async def retry(
         try:
             return await op()
         except Exception as e:
-            waited = transient(e)
-            if waited is None or stopped():
+            fast = transient(e)
+            if fast is None or stopped():
                 raise
             if outage is None:
                 outage = policy.begin(retries=0)
-            if not outage.failed(waited=waited):
+            if not outage.failed():
                 if spent is None:
                     raise
                 raise spent(outage, e) from e
@@ -138,7 +140,7 @@ async def retry(
                 outage.spent,
                 e,
             )
-            if not waited:
+            if fast:
                 await sleep(outage.pause())
 
 
@@ -152,8 +154,8 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 quorum, or while the connection is reconnecting: worth retrying within the outage budget."""
 
 
-def _kv_transient(e: Exception) -> float | None:
-    return 0.0 if isinstance(e, TRANSIENT_ERRORS) else None
+def _kv_transient(e: Exception) -> bool | None:
+    return True if isinstance(e, TRANSIENT_ERRORS) else None
 
 
 async def ride_out(op: Callable[[], Awaitable[T]], policy: OutagePolicy, *, what: str) -> T:
