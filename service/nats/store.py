@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -31,9 +30,15 @@ from schemas.bookkeeping import CleanupOrder, Heartbeat, UserIndexEntry
 from schemas.errors import Conflict, StoreFailed, Unavailable
 from schemas.job import JobRecord, decode_record, encode_record
 from service.config import Settings
-from service.nats.directget import DirectGetError, ReplayTimeout, StoredMsg, client_for
+from service.nats.directget import (
+    DirectGetError,
+    ReplayTimeout,
+    StoredMsg,
+    client_for,
+    transient,
+)
 from service.nats.localtap import tap_for
-from service.nats.outage import OutagePolicy, ride_out
+from service.nats.outage import OutagePolicy, retry, ride_out
 from service.nats.publisher import FencedPublisher
 
 T = TypeVar("T")
@@ -123,29 +128,42 @@ class Store:
     async def subject_last(self, job_id: str) -> tuple[int, dict[str, Any]] | None:
         """(seq, headers) of the job's last event, or None when its subject is empty.
 
+        Rides out an outage under the outage policy, as publishes do: an actor that just gave
+        up publishing reads the tail here to write its terminal error once NATS is back.
+
         Raises:
-            StoreFailed: the stream did not answer.
+            StoreFailed: the stream did not answer within the outage budget, or refused.
         """
         subject = self.s.events_subject(job_id)
-        async with self._direct_get(f"the last event of job {job_id}"):
-            last = await self.dg.last_msg(self.s.stream_name, subject, self.s.request_timeout)
+        last = await self._direct_get(
+            f"the last event of job {job_id}",
+            lambda: self.dg.last_msg(self.s.stream_name, subject, self.s.request_timeout),
+        )
         return None if last is None else (last.seq, last.headers)
 
     async def event_data(self, job_id: str, seq: int) -> bytes | None:
         """The payload of one stored event (None if it is gone).
 
         Raises:
-            StoreFailed: the stream did not answer.
+            StoreFailed: the stream did not answer within the outage budget, or refused.
         """
-        async with self._direct_get(f"event {seq} of job {job_id}"):
-            msg = await self.dg.get(self.s.stream_name, seq, self.s.request_timeout)
+        msg = await self._direct_get(
+            f"event {seq} of job {job_id}",
+            lambda: self.dg.get(self.s.stream_name, seq, self.s.request_timeout),
+        )
         return None if msg is None else msg.data
 
-    @asynccontextmanager
-    async def _direct_get(self, what: str) -> AsyncIterator[None]:
-        """The adapter boundary of a Direct Get: its error becomes StoreFailed."""
+    async def _direct_get(self, what: str, request: Callable[[], Awaitable[T]]) -> T:
+        """A Direct Get ridden out through an outage; its error becomes StoreFailed (the
+        adapter boundary)."""
         try:
-            yield
+            return await retry(
+                request,
+                self.outage,
+                what=f"direct get of {what}",
+                transient=transient,
+                stopped=lambda: self.nc.is_closed,
+            )
         except DirectGetError as e:
             raise StoreFailed(f"direct get of {what} failed: {e}") from e
 
