@@ -393,7 +393,9 @@ class StreamActor:
                 for attempt in range(3):
                     # The cursor may be stale (an ambiguous publish may have landed): re-read
                     # the subject's tail so the terminal event is fenced on what is really there.
-                    if await self._resync_tail_riding_out():
+                    # The port rides out an outage here (service/nats/outage.py), so a job that
+                    # failed because NATS was away writes its own terminal error once it is back.
+                    if await self._resync_tail():
                         return
                     fut: asyncio.Future[AbortResult | CompletionResult]
                     fut = asyncio.get_running_loop().create_future()
@@ -409,20 +411,6 @@ class StreamActor:
         except (GenjobsError, TimeoutError) as e2:
             # The janitor sweeps running records owned here without an actor, and retries.
             log.error("job %s: could not write its terminal error: %s", self.job_id, e2)
-
-    async def _resync_tail_riding_out(self) -> bool:
-        """:meth:`_resync_tail`, retried with backoff while the stream does not answer: a job
-        that failed because NATS was away writes its terminal error once NATS is back (the
-        caller bounds the whole attempt), instead of leaving it to the janitor's "owner lost".
-        """
-        delay = 0.1
-        while True:
-            try:
-                return await self._resync_tail()
-            except StoreFailed as e:
-                log.info("job %s: tail not readable yet (%s); retrying", self.job_id, e)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
 
     async def _resync_tail(self) -> bool:
         """Move the cursor to the subject's stored tail; True if the log has already ended.
