@@ -294,3 +294,43 @@ async def test_with_authentication_a_stream_belongs_to_its_creators_tenant_and_u
     finally:
         await runner.cleanup()
         await nc.drain()
+
+
+async def test_an_sse_reader_gets_every_append_once_in_order_while_writers_race(
+    two: tuple[str, str, DurableStore, DurableStore], http: aiohttp.ClientSession
+) -> None:
+    a, b, _, _ = two
+    async with http.put(a + "live", headers=TEXT) as r:
+        tail = r.headers["Stream-Next-Offset"]
+    total = 300
+    received = bytearray()
+    connected = asyncio.Event()
+
+    async def sse() -> None:
+        async with http.get(a + "live", params={"offset": tail, "live": "sse"}) as r:
+            assert r.status == 200
+            event = ""
+            async for raw in r.content:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data:") and event == "data":
+                    received.extend(line[5:].encode())
+                elif line.startswith("data:") and event == "control":
+                    connected.set()
+                    if received.count(b">") >= total:
+                        return
+
+    reader = asyncio.create_task(sse())
+    await asyncio.wait_for(connected.wait(), 10)
+
+    async def writer(k: int) -> None:
+        for i in range(total // 30):
+            async with http.post(b + "live", data=f"<{k}.{i}>", headers=TEXT) as r:
+                assert r.status == 204
+
+    await asyncio.gather(*(writer(k) for k in range(30)))
+    await asyncio.wait_for(reader, 30)
+    body, _ = await read_all(http, a + "live")
+    assert bytes(received) == body  # every append once, in the stream's order
+    assert body.count(b">") == total

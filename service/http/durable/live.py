@@ -4,33 +4,61 @@ JetStream republishes every append of ``<prefix>.ds.<inc>`` on the core subject
 ``<prefix>.dslive.<inc>``. A process keeps one subscription per stream incarnation while at
 least one of its readers waits on it, shared by all of them: no consumer, no task per reader.
 
-The wake-up only says "something was stored"; what is read is always read from the stream
-(Direct Get), so a lost or duplicated core message can cost latency, never correctness. The
-gap rule is subscribe first, then read: a reader enters :meth:`LiveWatchers.watch` *before*
-it reads, so an append stored after its read wakes it, and one stored before is in the read.
-A wake-up lost for good (a reconnect drops core messages) is covered by the readers' own
-timeout: a long-poll re-reads when it ends, an SSE reader at every keep-alive.
+The gap rule is subscribe first, then read: a reader enters :meth:`LiveWatchers.watch`
+*before* it reads, so an append stored after its read wakes it, and one stored before is in
+the read. A woken reader takes the new messages from the live subject itself when they follow
+its position without a gap: each republished message carries its sequence and
+``Nats-Last-Sequence``, the previous one on the subject, and the topic keeps the last few by
+that previous sequence (:meth:`Watch.recent_after`); a thousand readers of one stream then cost
+one core message each, not a thousand Direct Gets. Anything else (a gap, a message that fell out
+of the window, a fork's first own message) is read from the stream with Direct Get, so a lost
+or duplicated core message can cost latency, never correctness. A wake-up lost for good (a
+reconnect drops core messages) is covered by the readers' own timeout: a long-poll re-reads
+when it ends, an SSE reader at every keep-alive.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Final
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from service.nats.directget import StoredMsg
+
+RECENT: Final = 256
+"""Live messages a topic keeps for readers that are a few messages behind."""
+
 
 class Watch:
     """One reader's wake-up flag: set by every append stored since its last :meth:`wait`."""
 
-    __slots__ = ("_dirty", "_waiter")
+    __slots__ = ("_dirty", "_topic", "_waiter")
 
-    def __init__(self) -> None:
+    def __init__(self, topic: _Topic) -> None:
         self._dirty = False
         self._waiter: asyncio.Future[None] | None = None
+        self._topic = topic
+
+    def recent_after(self, seq: int, max_bytes: int) -> tuple[list[StoredMsg], bool]:
+        """The live messages received here that follow ``seq`` on the subject without a gap
+        (up to ``max_bytes``), and whether they reach the newest one received."""
+        recent = self._topic.recent
+        out: list[StoredMsg] = []
+        size = 0
+        m = recent.get(seq)
+        while m is not None:
+            out.append(m)
+            size += len(m.data)
+            if size >= max_bytes:
+                break
+            m = recent.get(m.seq)
+        return out, bool(out) and out[-1].seq >= self._topic.latest
 
     def poke(self) -> None:
         self._dirty = True
@@ -55,12 +83,25 @@ class Watch:
 
 
 class _Topic:
-    __slots__ = ("ready", "sub", "watches")
+    __slots__ = ("latest", "ready", "recent", "sub", "watches")
 
     def __init__(self) -> None:
         self.watches: set[Watch] = set()
         self.sub: Subscription | None = None
         self.ready: asyncio.Future[None] | None = None
+        self.recent: OrderedDict[int, StoredMsg] = OrderedDict()  # by previous sequence
+        self.latest = 0
+
+    def add(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        seq, prev = headers.get("Nats-Sequence"), headers.get("Nats-Last-Sequence")
+        if seq is None or prev is None:
+            return
+        m = StoredMsg(int(seq), msg.data, headers=headers)
+        self.recent[int(prev)] = m
+        if len(self.recent) > RECENT:
+            self.recent.popitem(last=False)
+        self.latest = max(self.latest, m.seq)
 
 
 class LiveWatchers:
@@ -87,7 +128,7 @@ class LiveWatchers:
         topic = self._topics.get(subject)
         if topic is None:
             topic = self._topics[subject] = _Topic()
-        w = Watch()
+        w = Watch(topic)
         topic.watches.add(w)
         try:
             await self._subscribed(subject, topic)
@@ -108,7 +149,8 @@ class LiveWatchers:
             return
         ready = topic.ready = asyncio.get_running_loop().create_future()
 
-        async def on_msg(_msg: Msg) -> None:
+        async def on_msg(msg: Msg) -> None:
+            topic.add(msg)
             for w in tuple(topic.watches):
                 w.poke()
 

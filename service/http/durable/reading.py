@@ -19,9 +19,9 @@ from service.config import Settings
 
 from . import protocol as p
 from .access import principal_of
-from .live import LiveWatchers
+from .live import LiveWatchers, Watch
 from .model import DsError, ReadResult, Source
-from .storage import DurableStore
+from .storage import READ_MAX_BYTES, DurableStore
 
 log = logging.getLogger("genjobs.http.durable")
 
@@ -179,8 +179,17 @@ class Readers:
                         },
                     )
                 await view.touch()
-                res = await self.store.read(view.source, res.next_seq)
+                res = await self._next(w, view.source, res.next_seq)
         return self._data_response(request, view, res, start, cursor=p.response_cursor(cursor))
+
+    async def _next(self, w: Watch, source: Source, after: int) -> ReadResult:
+        """What follows ``after`` once woken: from the live messages when they continue it
+        without a gap, else read from the stream."""
+        msgs, newest = w.recent_after(after, READ_MAX_BYTES)
+        if not msgs:
+            return await self.store.read(source, after)
+        last = msgs[-1]
+        return ReadResult(msgs, last.seq, newest, newest and source.closes(last))
 
     async def _sse(
         self, request: web.Request, view: View, after: int | None, cursor: str | None
@@ -203,9 +212,13 @@ class Readers:
                 after, _ = await self.store.tail(view.source)
             await resp.prepare(request)
             announce = True  # a control event is due even without data
+            woke = False
             try:
                 while True:
-                    res = await self.store.read(view.source, after)
+                    if woke:
+                        res = await self._next(w, view.source, after)
+                    else:
+                        res = await self.store.read(view.source, after)
                     parts = [m.data for m in res.msgs if m.data]
                     after = res.next_seq
                     offset = p.format_offset(after)
@@ -226,12 +239,13 @@ class Readers:
                         )
                         await resp.write(out)
                     if not res.up_to_date:
-                        announce = False
+                        announce = woke = False
                         continue
                     remaining = ends - loop.time()
                     if remaining <= 0:
                         break
-                    announce = not await w.wait(min(timeout, remaining))
+                    woke = await w.wait(min(timeout, remaining))
+                    announce = not woke
                     if self.live.closing:
                         break
                     await view.touch()
