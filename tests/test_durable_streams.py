@@ -334,3 +334,30 @@ async def test_an_sse_reader_gets_every_append_once_in_order_while_writers_race(
     body, _ = await read_all(http, a + "live")
     assert bytes(received) == body  # every append once, in the stream's order
     assert body.count(b">") == total
+
+
+async def test_appends_racing_a_close_are_stored_before_it_or_refused(
+    two: tuple[str, str, DurableStore, DurableStore], http: aiohttp.ClientSession
+) -> None:
+    a, b, _, _ = two
+    async with http.put(a + "closing", headers=TEXT) as r:
+        assert r.status == 201
+
+    async def post(i: int) -> tuple[int, int, str | None]:
+        headers = {**TEXT, "Stream-Closed": "true"} if i == 40 else TEXT
+        async with http.post((a, b)[i % 2] + "closing", data=f"<{i}>", headers=headers) as r:
+            offset = r.headers.get("Stream-Next-Offset")
+            return i, r.status, offset
+
+    results = await asyncio.gather(*(post(i) for i in range(80)))
+    close = next(x for x in results if x[0] == 40)
+    assert close[1] == 204
+    stored = sorted((off, i) for i, status, off in results if status == 204 and off)
+    refused = [i for i, status, _ in results if status == 409]
+    assert len(stored) + len(refused) == 80
+    assert stored[-1] == (close[2], 40)  # the close is the last append
+    body, tail = await read_all(http, a + "closing")
+    assert tail == close[2]
+    assert body.decode() == "".join(f"<{i}>" for _, i in stored)
+    async with http.head(b + "closing") as r:
+        assert r.headers["Stream-Closed"] == "true"

@@ -127,6 +127,16 @@ class StreamState:
         self.tail = m.seq
         self.unsnapped += 1
 
+    def copy(self) -> StreamState:
+        return StreamState(
+            tail=self.tail,
+            closed=self.closed,
+            closed_by=self.closed_by,
+            stream_seq=self.stream_seq,
+            producers=dict(self.producers),
+            unsnapped=self.unsnapped,
+        )
+
     def snapshot(self) -> Snapshot:
         return Snapshot(
             tail=self.tail,
