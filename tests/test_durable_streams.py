@@ -16,9 +16,17 @@ from aiohttp import web
 from service.config import Settings
 from service.http.durable.access import auth_middleware
 from service.http.durable.app import STORE
-from service.http.durable.protocol import format_offset, parse_offset
+from service.http.durable.lifecycle import Lifecycle
+from service.http.durable.protocol import (
+    JsonBodyError,
+    format_offset,
+    json_body,
+    json_fragment,
+    parse_offset,
+)
 from service.http.durable.standalone import start_site
 from service.http.durable.storage import DurableStore
+from service.nats.provision import ProvisionMismatch, provision_durable
 from service.nats.publisher import PublishTimeout
 
 TEXT = {"Content-Type": "text/plain"}
@@ -361,3 +369,45 @@ async def test_appends_racing_a_close_are_stored_before_it_or_refused(
     assert body.decode() == "".join(f"<{i}>" for _, i in stored)
     async with http.head(b + "closing") as r:
         assert r.headers["Stream-Closed"] == "true"
+
+
+async def test_the_sweeper_collects_expired_streams_nobody_touches(
+    two: tuple[str, str, DurableStore, DurableStore], http: aiohttp.ClientSession
+) -> None:
+    a, _, store_a, _ = two
+    past = "2020-01-01T00:00:00Z"
+    async with http.put(a + "old", data="x", headers={**TEXT, "Stream-Expires-At": past}) as r:
+        assert r.status == 201
+    async with http.put(a + "fresh", headers=TEXT) as r:
+        assert r.status == 201
+    got = await store_a.lookup("old")
+    assert got is not None
+    swept = await Lifecycle(store_a).sweep()
+    assert swept == 1
+    assert await store_a.lookup("old") is None
+    assert await store_a.lookup("fresh") is not None
+    info = await store_a.js.stream_info(store_a.stream, subjects_filter=store_a.subject(got[0].inc))
+    assert not info.state.subjects
+
+
+async def test_provisioning_is_idempotent_and_refuses_other_settings(settings: Settings) -> None:
+    nc = await nats.connect(settings.nats_url or "")
+    try:
+        js = nc.jetstream()
+        await provision_durable(js, settings)
+        await provision_durable(js, settings)  # again: verified, unchanged
+        with pytest.raises(ProvisionMismatch):
+            await provision_durable(js, settings.with_(stream_max_bytes=1 << 20))
+    finally:
+        await nc.drain()
+
+
+def test_json_bodies_store_their_values_as_sent() -> None:
+    assert json_fragment(b' [ {"a": 1} , 2 ]\n', allow_empty=False) == b'{"a": 1} , 2'
+    assert json_fragment(b'{"a":[1,2]}', allow_empty=False) == b'{"a":[1,2]}'
+    assert json_fragment(b"[[1,2]]", allow_empty=False) == b"[1,2]"
+    assert json_fragment(b"[]", allow_empty=True) is None
+    for bad in (b"[]", b"{ invalid }", b"", b"[1,]"):
+        with pytest.raises(JsonBodyError):
+            json_fragment(bad, allow_empty=False)
+    assert json_body([b'{"a": 1} , 2', b"[1,2]"]) == b'[{"a": 1} , 2,[1,2]]'
