@@ -12,11 +12,14 @@ import aiohttp
 import nats
 import pytest
 from aiohttp import web
+from msgspec.structs import replace
 
 from service.config import Settings
 from service.http.durable.access import auth_middleware
 from service.http.durable.app import STORE
+from service.http.durable.collector import Collector
 from service.http.durable.lifecycle import Lifecycle
+from service.http.durable.model import encode, name_key
 from service.http.durable.protocol import (
     JsonBodyError,
     format_offset,
@@ -382,8 +385,8 @@ async def test_the_sweeper_collects_expired_streams_nobody_touches(
         assert r.status == 201
     got = await store_a.lookup("old")
     assert got is not None
-    swept = await Lifecycle(store_a).sweep()
-    assert swept == 1
+    swept = await Collector(Lifecycle(store_a)).sweep()
+    assert swept.expired == 1
     assert await store_a.lookup("old") is None
     assert await store_a.lookup("fresh") is not None
     info = await store_a.js.stream_info(store_a.stream, subjects_filter=store_a.subject(got[0].inc))
@@ -411,3 +414,34 @@ def test_json_bodies_store_their_values_as_sent() -> None:
         with pytest.raises(JsonBodyError):
             json_fragment(bad, allow_empty=False)
     assert json_body([b'{"a": 1} , 2', b"[1,2]"]) == b'[{"a": 1} , 2,[1,2]]'
+
+
+async def test_the_sweeper_drops_references_no_fork_holds_and_purges_orphan_data(
+    two: tuple[str, str, DurableStore, DurableStore], http: aiohttp.ClientSession
+) -> None:
+    a, _, store, _ = two
+    async with http.put(a + "src", data="S", headers=TEXT) as r:
+        assert r.status == 201
+    async with http.put(a + "f", headers={**TEXT, "Stream-Forked-From": "/v1/stream/src"}) as r:
+        assert r.status == 201
+    # A fork that died half-way: its reference is in the source's record, no record holds it.
+    got = await store.lookup("src")
+    assert got is not None
+    rec, rev = got
+    await store.kv.update(name_key("src"), encode(replace(rec, refs=(*rec.refs, "dead"))), last=rev)
+    # Data whose record was never created.
+    orphan = store.subject("orphan0123456789")
+    await store.js.publish(orphan, b"lost")
+    collector = Collector(Lifecycle(store), orphan_grace=0.0)
+    first = await collector.sweep()
+    assert first.refs_dropped == 0  # one sweep only makes it a suspect
+    assert first.orphans_purged == 1
+    second = await collector.sweep()
+    assert second.refs_dropped == 1
+    got = await store.lookup("src")
+    assert got is not None
+    assert got[0].refs == rec.refs  # the live fork's reference stays
+    info = await store.js.stream_info(store.stream, subjects_filter=orphan)
+    assert not info.state.subjects
+    body, _ = await read_all(http, a + "f")
+    assert body == b"S"

@@ -21,6 +21,7 @@ from service.nats.directget import DirectGetError, ReplayTimeout
 
 from . import protocol as p
 from .access import Principal, may_access, principal_of
+from .collector import Collector
 from .jobs import JobStreams
 from .lifecycle import Lifecycle
 from .live import LiveWatchers
@@ -320,7 +321,7 @@ async def _stop_readers(app: web.Application) -> None:
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     store, live, settings = app[STORE], app[LIVE], app[SETTINGS]
     await store.open()
-    sweeper = asyncio.create_task(_sweep_forever(app[LIFE], settings.sweep_interval))
+    sweeper = asyncio.create_task(_sweep_forever(Collector(app[LIFE]), settings.sweep_interval))
     try:
         yield
     finally:
@@ -330,17 +331,17 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         await store.close()
 
 
-async def _sweep_forever(life: Lifecycle, interval: float) -> None:
+async def _sweep_forever(collector: Collector, interval: float) -> None:
     """Expire streams nobody touches any more (access expires them lazily, too)."""
     while True:
         await asyncio.sleep(interval)
         try:
-            swept = await life.sweep()
+            swept = await collector.sweep()
         except Exception:
             log.exception("durable streams sweep failed; retrying in %.0f s", interval)
         else:
-            if swept:
-                log.info("expired %d durable streams", swept)
+            if swept.expired:
+                log.info("expired %d durable streams", swept.expired)
 
 
 __all__ = ["Principal", "build_app"]
