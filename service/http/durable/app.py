@@ -12,12 +12,14 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final
 
+import nats.errors
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from yarl import URL
 
 from service.config import Settings
 from service.nats.directget import DirectGetError, ReplayTimeout
+from service.nats.publisher import TRANSIENT_ERRORS
 
 from . import protocol as p
 from .access import Principal, may_access, principal_of
@@ -30,6 +32,16 @@ from .reading import Readers, View, parse_read_query
 from .storage import DurableStore
 
 log = logging.getLogger("genjobs.http.durable")
+
+UNAVAILABLE: Final[tuple[type[Exception], ...]] = (
+    ReplayTimeout,
+    DirectGetError,
+    *TRANSIENT_ERRORS,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+)
+"""NATS errors that mean "not now": answered 503 with Retry-After, never 500."""
 
 STORE: Final = web.AppKey("ds_store", DurableStore)
 LIVE: Final = web.AppKey("ds_live", LiveWatchers)
@@ -52,9 +64,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except DsError as e:
         return _error_response(e)
-    except (ReplayTimeout, DirectGetError) as e:
-        log.warning("%s %s: stream storage unavailable: %s", request.method, request.path, e)
-        return _error_response(DsError(503, "stream storage unavailable"))
+    except UNAVAILABLE as e:
+        log.warning("%s %s: stream storage unavailable: %r", request.method, request.path, e)
+        return _error_response(DsError(503, "stream storage unavailable", {"Retry-After": "1"}))
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
