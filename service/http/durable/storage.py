@@ -26,7 +26,7 @@ from typing import Final
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from service.config import Settings
@@ -77,6 +77,7 @@ GROUP_MAX: Final = 100
 """Appends committed together as one atomic batch, at most."""
 GROUP_BYTES: Final = 4 * 1024 * 1024
 MAX_FENCE_RETRIES: Final = 1000
+READ_RETRIES: Final = 20
 
 
 class DurableStore:
@@ -100,6 +101,7 @@ class DurableStore:
         self._states: OrderedDict[str, StreamState] = OrderedDict()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._queues: dict[str, deque[_Waiting]] = {}
+        self._tails: dict[str, int] = {}  # subject -> last sequence this process knows stored
         self._access: dict[str, float] = {}  # incarnation -> last access known here
         self._access_written: dict[str, float] = {}
 
@@ -134,10 +136,24 @@ class DurableStore:
         return m.data, m.seq
 
     async def lookup(self, name: str) -> tuple[StreamRecord, int] | None:
-        got = await self.kv_get(name_key(name))
+        key = name_key(name)
+        got = await self.kv_get(key)
+        if got is None:
+            # Direct Get may be answered by a replica behind the leader: a stream created a
+            # moment ago must not read as missing. Ask the leader before saying so.
+            got = await self._kv_get_leader(key)
         if got is None:
             return None
         return decode_record(got[0]), got[1]
+
+    async def _kv_get_leader(self, key: str) -> tuple[bytes, int] | None:
+        try:
+            m = await self.js.get_msg(self.kv_stream, subject=self.kv_prefix + key)
+        except NotFoundError:
+            return None
+        if m.headers and m.headers.get("KV-Operation") is not None:
+            return None
+        return m.data or b"", int(m.seq or 0)
 
     async def update(self, name: str, rec: StreamRecord, rev: int) -> int | None:
         """Revision-checked write of a record; ``None``: it changed meanwhile."""
@@ -210,10 +226,12 @@ class DurableStore:
         return st, found
 
     def _remember(self, inc: str, st: StreamState) -> None:
+        self._tails[self.subject(inc)] = st.tail
         self._states[inc] = st
         self._states.move_to_end(inc)
         while len(self._states) > STATE_CACHE:
-            self._states.popitem(last=False)
+            gone, _ = self._states.popitem(last=False)
+            self._tails.pop(self.subject(gone), None)
 
     async def _state(self, rec: StreamRecord) -> tuple[StreamState, bool]:
         """The stream's state as this process knows it, and whether it was just read."""
@@ -386,7 +404,19 @@ class DurableStore:
         max_msgs: int = READ_BATCH,
     ) -> ReadResult:
         """The messages after sequence ``after``: inherited segments first, then the
-        stream's own; stops after the message that reaches ``max_bytes`` or ``max_msgs``."""
+        stream's own; stops after the message that reaches ``max_bytes`` or ``max_msgs``.
+
+        Direct Get may be answered by a replica a little behind the leader; a read that ends
+        before what this process itself stored is read again (read-your-writes)."""
+        stored = self._tails.get(src.subject, 0)
+        for attempt in range(READ_RETRIES):
+            res = await self._read(src, after, max_bytes=max_bytes, max_msgs=max_msgs)
+            if not res.up_to_date or res.next_seq >= stored:
+                return res
+            await asyncio.sleep(0.002 * (attempt + 1))
+        return res
+
+    async def _read(self, src: Source, after: int, *, max_bytes: int, max_msgs: int) -> ReadResult:
         out: list[StoredMsg] = []
         size = 0
         x = after
@@ -449,7 +479,7 @@ class DurableStore:
             last_seen = await self.dg.last_msg(src.stream, src.subject, timeout=timeout)
             if last_seen is not None and last_seen.seq > x:
                 # Stored between the two requests: read again rather than skip it.
-                return await self.read(src, after, max_bytes=max_bytes, max_msgs=max_msgs)
+                return await self._read(src, after, max_bytes=max_bytes, max_msgs=max_msgs)
         closed = last_seen is not None and last_seen.seq > src.base and src.closes(last_seen)
         if out:
             return ReadResult(out, x, True, closed)
@@ -488,6 +518,7 @@ class DurableStore:
 
     async def purge(self, inc: str) -> None:
         self._states.pop(inc, None)
+        self._tails.pop(self.subject(inc), None)
         self._access.pop(inc, None)
         self._access_written.pop(inc, None)
         await self.js.purge_stream(self.stream, subject=self.subject(inc))
