@@ -19,7 +19,7 @@ from yarl import URL
 
 from service.config import Settings
 from service.nats.directget import DirectGetError, ReplayTimeout
-from service.nats.publisher import TRANSIENT_ERRORS
+from service.nats.outage import TRANSIENT_ERRORS
 
 from . import protocol as p
 from .access import Principal, may_access, principal_of

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
+from schemas import headers as hdr
+
 from .lifecycle import Lifecycle
 from .model import StreamRecord
 
@@ -92,7 +94,7 @@ class Collector:
             if inc in live:
                 continue
             last = await store.dg.last_msg(store.stream, subject)
-            stamp = last.header("Nats-Time-Stamp") if last is not None else None
+            stamp = last.header(hdr.TIME_STAMP) if last is not None else None
             if stamp is None or now - _timestamp(stamp) < self.orphan_grace:
                 continue
             log.warning("purging orphan durable stream data %s", subject)

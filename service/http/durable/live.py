@@ -29,6 +29,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from schemas import headers as hdr
 from service.nats.directget import StoredMsg
 
 RECENT: Final = 256
@@ -94,7 +95,7 @@ class _Topic:
 
     def add(self, msg: Msg) -> None:
         headers = msg.headers or {}
-        seq, prev = headers.get("Nats-Sequence"), headers.get("Nats-Last-Sequence")
+        seq, prev = headers.get(hdr.SEQUENCE), headers.get(hdr.LAST_SEQUENCE)
         if seq is None or prev is None:
             return
         m = StoredMsg(int(seq), msg.data, headers=headers)

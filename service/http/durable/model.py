@@ -19,15 +19,16 @@ from typing import Final
 
 import msgspec
 
+from schemas import headers as hdr
 from service.nats.directget import StoredMsg
 
 # Headers of a stored message (the append's own state).
-M_CLOSE: Final = "Ds-Close"
-M_PRODUCER: Final = "Ds-Pid"
-M_EPOCH: Final = "Ds-Pep"
-M_PSEQ: Final = "Ds-Psq"
-M_SEQ: Final = "Ds-Seq"
-M_APPEND: Final = "Ds-Aid"
+M_CLOSE: Final = hdr.DS_CLOSE
+M_PRODUCER: Final = hdr.DS_PRODUCER
+M_EPOCH: Final = hdr.DS_EPOCH
+M_PSEQ: Final = hdr.DS_PSEQ
+M_SEQ: Final = hdr.DS_SEQ
+M_APPEND: Final = hdr.DS_APPEND
 
 READ_BATCH: Final = 1000
 READ_MAX_BYTES: Final = 4 * 1024 * 1024
@@ -209,7 +210,7 @@ class Source:
     def closes(self, m: StoredMsg) -> bool:
         if self.close_kinds is None:
             return m.header(M_CLOSE) is not None
-        return m.header("Genjobs-Kind") in self.close_kinds
+        return m.header(hdr.KIND) in self.close_kinds
 
 
 @dataclass(frozen=True, slots=True)

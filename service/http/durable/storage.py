@@ -29,6 +29,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
+from schemas import headers as hdr
 from service.config import Settings
 from service.nats.directget import (
     DirectGetClient,
@@ -37,11 +38,9 @@ from service.nats.directget import (
     StoredMsg,
     client_for,
 )
+from service.nats.outage import Outage, OutagePolicy
 from service.nats.provision import provision_durable
 from service.nats.publisher import (
-    BACKOFF_FIRST,
-    BACKOFF_MAX,
-    HDR_EXPECTED_LAST_SUBJ_SEQ,
     WRONG_LAST_SEQUENCE,
     FencedPublisher,
     PublishRejected,
@@ -91,9 +90,8 @@ class DurableStore:
         self.s = settings
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout)
         self.dg: DirectGetClient = client_for(nc)
-        self.publisher = FencedPublisher(
-            nc, timeout=settings.publish_timeout, outage_budget=settings.publish_outage_budget
-        )
+        self.policy = OutagePolicy.from_settings(settings)
+        self.publisher = FencedPublisher(nc, timeout=settings.publish_timeout, policy=self.policy)
         self.stream = settings.ds_stream_name
         self.kv_stream = f"KV_{settings.ds_bucket}"
         self.kv_prefix = f"$KV.{settings.ds_bucket}."
@@ -131,7 +129,7 @@ class DurableStore:
         m = await self.dg.last_msg(
             self.kv_stream, self.kv_prefix + key, timeout=self.s.request_timeout
         )
-        if m is None or m.header("KV-Operation") is not None:
+        if m is None or m.header(hdr.KV_OPERATION) is not None:
             return None
         return m.data, m.seq
 
@@ -151,7 +149,7 @@ class DurableStore:
             m = await self.js.get_msg(self.kv_stream, subject=self.kv_prefix + key)
         except NotFoundError:
             return None
-        if m.headers and m.headers.get("KV-Operation") is not None:
+        if m.headers and m.headers.get(hdr.KV_OPERATION) is not None:
             return None
         return m.data or b"", int(m.seq or 0)
 
@@ -299,9 +297,7 @@ class DurableStore:
         st, fresh = await self._state(rec)
         ids = {w.append_id: w for w in group}
         subject = self.subject(rec.inc)
-        loop = asyncio.get_running_loop()
-        first_failure: float | None = None
-        backoff = BACKOFF_FIRST
+        outage: Outage | None = None
         for _ in range(MAX_FENCE_RETRIES):
             todo = [w for w in group if not w.future.done()]
             if not todo:
@@ -329,7 +325,7 @@ class DurableStore:
                 _answer(w, verdict)
             if not accepted:
                 return
-            accepted[0][1][HDR_EXPECTED_LAST_SUBJ_SEQ] = str(st.tail)
+            accepted[0][1][hdr.EXPECTED_LAST_SUBJECT_SEQ] = str(st.tail)
             try:
                 if len(accepted) == 1:
                     w, headers, closed = accepted[0]
@@ -360,8 +356,9 @@ class DurableStore:
                 if not e.transient:
                     raise DsError(500, f"append refused: {e.description}") from e
                 error: Exception = e
+                waited = 0.0
             except PublishTimeout as e:
-                error = e
+                error, waited = e, self.s.publish_timeout
                 try:
                     st, landed = await self._catch_up(rec, st, look_for=ids)
                 except (ReplayTimeout, DirectGetError) as read_error:
@@ -369,13 +366,15 @@ class DurableStore:
                 else:
                     self._answer_landed(st, ids, landed)
                     fresh = True
-            now = loop.time()
-            first_failure = now if first_failure is None else first_failure
-            if now - first_failure > self.s.publish_outage_budget:
-                raise DsError(503, f"stream storage unavailable: {error}") from error
+            # The project's outage policy: retry within GENJOBS_PUBLISH_OUTAGE_BUDGET.
+            outage = outage or self.policy.begin()
+            if not outage.failed(waited=waited):
+                raise DsError(
+                    503, f"stream storage unavailable: {error}", {"Retry-After": "1"}
+                ) from error
             log.warning("append to %s failed: %r; retrying", rec.inc, error)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX)
+            if not waited:
+                await asyncio.sleep(outage.pause())
         raise DsError(503, "append kept losing the race against other writers")
 
     @staticmethod
@@ -510,7 +509,7 @@ class DurableStore:
         self, subject: str, payload: bytes, headers: dict[str, str], last: int
     ) -> int:
         h = dict(headers)
-        h[HDR_EXPECTED_LAST_SUBJ_SEQ] = str(last)
+        h[hdr.EXPECTED_LAST_SUBJECT_SEQ] = str(last)
         try:
             return await self.publisher.publish_once(subject, payload, h)
         except (PublishRejected, PublishTimeout) as e:
