@@ -23,6 +23,7 @@ from service.nats.outage import TRANSIENT_ERRORS
 
 from . import protocol as p
 from .access import Principal, may_access, principal_of
+from .appends import Appends
 from .collector import Collector
 from .jobs import JobStreams
 from .lifecycle import Lifecycle
@@ -47,6 +48,7 @@ STORE: Final = web.AppKey("ds_store", DurableStore)
 LIVE: Final = web.AppKey("ds_live", LiveWatchers)
 LIFE: Final = web.AppKey("ds_life", Lifecycle)
 READERS: Final = web.AppKey("ds_readers", Readers)
+APPENDS: Final = web.AppKey("ds_appends", Appends)
 SETTINGS: Final = web.AppKey("ds_settings", Settings)
 MOUNT: Final = web.AppKey("ds_mount", str)
 
@@ -250,7 +252,7 @@ class DurableHandlers:
                     payload = p.json_fragment(body, allow_empty=False)
                 except p.JsonBodyError as e:
                     raise DsError(400, str(e)) from e
-        outcome = await self.store.append(
+        outcome = await self.app[APPENDS].append(
             rec,
             AppendRequest(payload, close=close, producer=producer, stream_seq=h.get(p.H_SEQ)),
         )
@@ -313,6 +315,7 @@ def build_app(
     app[MOUNT] = mount
     app[STORE] = store = DurableStore(nc, settings)
     app[LIFE] = Lifecycle(store)
+    app[APPENDS] = Appends(store)
     app[LIVE] = live = LiveWatchers(nc)
     app[READERS] = Readers(store, live, settings)
     handlers = DurableHandlers(app)

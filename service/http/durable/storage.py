@@ -13,14 +13,11 @@ process's cache alone. The storage layout is in :mod:`.model`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-import uuid
 import weakref
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Container
-from dataclasses import dataclass
 from typing import Final
 
 import nats.errors
@@ -33,15 +30,12 @@ from schemas import headers as hdr
 from service.config import Settings
 from service.nats.directget import (
     DirectGetClient,
-    DirectGetError,
-    ReplayTimeout,
     StoredMsg,
     client_for,
 )
-from service.nats.outage import Outage, OutagePolicy
+from service.nats.outage import OutagePolicy
 from service.nats.provision import provision_durable
 from service.nats.publisher import (
-    WRONG_LAST_SEQUENCE,
     FencedPublisher,
     PublishRejected,
     PublishTimeout,
@@ -49,8 +43,6 @@ from service.nats.publisher import (
 
 from .model import (
     M_APPEND,
-    AppendOutcome,
-    AppendRequest,
     DsError,
     ReadResult,
     Source,
@@ -62,7 +54,6 @@ from .model import (
     key_name,
     name_key,
 )
-from .rules import as_stored, decide, message_headers, success
 
 log = logging.getLogger("genjobs.http.durable")
 
@@ -72,10 +63,6 @@ READ_MAX_BYTES: Final = 4 * 1024 * 1024
 SNAPSHOT_EVERY: Final = 64
 """Appends between two state snapshots in KV."""
 STATE_CACHE: Final = 10_000
-GROUP_MAX: Final = 100
-"""Appends committed together as one atomic batch, at most."""
-GROUP_BYTES: Final = 4 * 1024 * 1024
-MAX_FENCE_RETRIES: Final = 1000
 READ_RETRIES: Final = 20
 
 
@@ -98,7 +85,6 @@ class DurableStore:
         self.kv: KeyValue
         self._states: OrderedDict[str, StreamState] = OrderedDict()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._queues: dict[str, deque[_Waiting]] = {}
         self._tails: dict[str, int] = {}  # subject -> last sequence this process knows stored
         self._access: dict[str, float] = {}  # incarnation -> last access known here
         self._access_written: dict[str, float] = {}
@@ -191,13 +177,7 @@ class DurableStore:
         self._access_written[rec.inc] = now
         await self.kv.put("a." + rec.inc, repr(now).encode())
 
-    def _lock(self, inc: str) -> asyncio.Lock:
-        lock = self._locks.get(inc)
-        if lock is None:
-            lock = self._locks[inc] = asyncio.Lock()
-        return lock
-
-    async def _catch_up(
+    async def catch_up(
         self, rec: StreamRecord, st: StreamState, look_for: Container[str] = ()
     ) -> tuple[StreamState, dict[str, int]]:
         """Fold the messages stored after ``st.tail``; also reports the sequences of the
@@ -220,10 +200,10 @@ class DurableStore:
                     found[aid] = m.seq
             if not msgs or pending == 0:
                 break
-        self._remember(rec.inc, st)
+        self.remember(rec.inc, st)
         return st, found
 
-    def _remember(self, inc: str, st: StreamState) -> None:
+    def remember(self, inc: str, st: StreamState) -> None:
         self._tails[self.subject(inc)] = st.tail
         self._states[inc] = st
         self._states.move_to_end(inc)
@@ -231,17 +211,17 @@ class DurableStore:
             gone, _ = self._states.popitem(last=False)
             self._tails.pop(self.subject(gone), None)
 
-    async def _state(self, rec: StreamRecord) -> tuple[StreamState, bool]:
+    async def state(self, rec: StreamRecord) -> tuple[StreamState, bool]:
         """The stream's state as this process knows it, and whether it was just read."""
         st = self._states.get(rec.inc)
         if st is not None:
             return st, False
         got = await self.kv_get("c." + rec.inc)
         st = StreamState.of(decode_snapshot(got[0])) if got else StreamState()
-        st, _ = await self._catch_up(rec, st)
+        st, _ = await self.catch_up(rec, st)
         return st, True
 
-    async def _snapshot(self, rec: StreamRecord, st: StreamState) -> None:
+    async def snapshot(self, rec: StreamRecord, st: StreamState) -> None:
         if st.unsnapped < SNAPSHOT_EVERY and not st.closed:
             return
         st.unsnapped = 0
@@ -249,141 +229,6 @@ class DurableStore:
             await self.kv.put("c." + rec.inc, encode(st.snapshot()))
         except nats.errors.Error as e:  # only a cache: the next snapshot or a re-fold covers it
             log.warning("state snapshot of %s not written: %r", rec.inc, e)
-
-    async def append(self, rec: StreamRecord, req: AppendRequest) -> AppendOutcome:
-        """Validate against the stream's state and store, exactly once, fenced.
-
-        Appends to one stream wait their turn here; the one whose turn it is commits every
-        append queued behind it too, validated in order, as one atomic batch (a single round
-        trip): under load the throughput of a stream grows with its writers.
-
-        Raises:
-            DsError: the append's refusal; 503 JetStream unavailable past the outage
-                budget; 500 refused by JetStream.
-        """
-        me = _Waiting(req, uuid.uuid4().hex, asyncio.get_running_loop().create_future())
-        queue = self._queues.setdefault(rec.inc, deque())
-        queue.append(me)
-        try:
-            async with self._lock(rec.inc):
-                while not me.future.done():
-                    group = _take(queue)
-                    try:
-                        await self._commit(rec, group)
-                    finally:  # anything unanswered (we were cancelled) goes to the next turn
-                        queue.extendleft(reversed([w for w in group if not w.future.done()]))
-        finally:
-            if not me.future.done():
-                with contextlib.suppress(ValueError):
-                    queue.remove(me)
-            if not queue and self._queues.get(rec.inc) is queue:
-                del self._queues[rec.inc]
-        return me.future.result()
-
-    async def _commit(self, rec: StreamRecord, group: list[_Waiting]) -> None:
-        """Answer every append of ``group``: validated in order against the stream's state,
-        the accepted ones published together, fenced on the state's last sequence."""
-        try:
-            await self._commit_group(rec, group)
-        except DsError as e:
-            for w in group:
-                _answer(w, e)
-        except Exception as e:
-            log.exception("append to %s failed", rec.inc)
-            for w in group:
-                _answer(w, DsError(500, f"append failed: {e!r}"))
-
-    async def _commit_group(self, rec: StreamRecord, group: list[_Waiting]) -> None:
-        st, fresh = await self._state(rec)
-        ids = {w.append_id: w for w in group}
-        subject = self.subject(rec.inc)
-        outage: Outage | None = None
-        for _ in range(MAX_FENCE_RETRIES):
-            todo = [w for w in group if not w.future.done()]
-            if not todo:
-                return
-            scratch = st.copy()
-            accepted: list[tuple[_Waiting, dict[str, str], bool]] = []
-            verdicts: list[tuple[_Waiting, AppendOutcome | DsError]] = []
-            for w in todo:
-                verdict = decide(scratch, w.req)
-                if verdict is not None:
-                    if accepted:  # answered after the accepted ones are stored, in order
-                        break
-                    verdicts.append((w, verdict))
-                    continue
-                headers = message_headers(w.req, w.append_id)
-                scratch.apply(as_stored(scratch.tail, headers))  # its effect on the next ones
-                accepted.append((w, headers, scratch.closed))
-            if verdicts and not fresh:
-                # A refusal or a duplicate must not rest on a stale cache: another gateway
-                # may have appended. Only a publish is fenced by the server.
-                st, _ = await self._catch_up(rec, st)
-                fresh = True
-                continue
-            for w, verdict in verdicts:
-                _answer(w, verdict)
-            if not accepted:
-                return
-            accepted[0][1][hdr.EXPECTED_LAST_SUBJECT_SEQ] = str(st.tail)
-            try:
-                if len(accepted) == 1:
-                    w, headers, closed = accepted[0]
-                    seq = await self.publisher.publish_once(subject, w.req.payload or b"", headers)
-                    st.apply(as_stored(seq, headers))
-                    _answer(w, success(w.req, seq, closed))
-                else:
-                    last, count = await self.publisher.publish_batch(
-                        subject, [(w.req.payload or b"", h) for w, h, _ in accepted]
-                    )
-                    if count != len(accepted):
-                        raise DsError(500, f"batch of {len(accepted)} stored as {count}")
-                    # An atomic batch is stored in one piece: consecutive sequences.
-                    for i, (w, headers, closed) in enumerate(accepted):
-                        seq = last - count + 1 + i
-                        st.apply(as_stored(seq, headers))
-                        _answer(w, success(w.req, seq, closed))
-                self._remember(rec.inc, st)
-                await self._snapshot(rec, st)
-                fresh = True  # the state as of our own commit
-                continue
-            except PublishRejected as e:
-                if e.err_code == WRONG_LAST_SEQUENCE:
-                    st, landed = await self._catch_up(rec, st, look_for=ids)
-                    self._answer_landed(st, ids, landed)
-                    fresh = True
-                    continue
-                if not e.transient:
-                    raise DsError(500, f"append refused: {e.description}") from e
-                error: Exception = e
-                waited = 0.0
-            except PublishTimeout as e:
-                error, waited = e, self.s.publish_timeout
-                try:
-                    st, landed = await self._catch_up(rec, st, look_for=ids)
-                except (ReplayTimeout, DirectGetError) as read_error:
-                    log.warning("read-back after an unanswered append failed: %r", read_error)
-                else:
-                    self._answer_landed(st, ids, landed)
-                    fresh = True
-            # The project's outage policy: retry within GENJOBS_PUBLISH_OUTAGE_BUDGET.
-            outage = outage or self.policy.begin()
-            if not outage.failed(waited=waited):
-                raise DsError(
-                    503, f"stream storage unavailable: {error}", {"Retry-After": "1"}
-                ) from error
-            log.warning("append to %s failed: %r; retrying", rec.inc, error)
-            if not waited:
-                await asyncio.sleep(outage.pause())
-        raise DsError(503, "append kept losing the race against other writers")
-
-    @staticmethod
-    def _answer_landed(st: StreamState, ids: dict[str, _Waiting], landed: dict[str, int]) -> None:
-        """Appends found stored by a read-back (their ack was lost) are answered as stored."""
-        for aid, seq in landed.items():
-            w = ids[aid]
-            if not w.future.done():
-                _answer(w, success(w.req, seq, st.closed and seq == st.tail))
 
     def source(self, rec: StreamRecord) -> Source:
         return Source(
@@ -529,33 +374,3 @@ class DurableStore:
         info = await self.js.stream_info(self.kv_stream, subjects_filter=self.kv_prefix + "n.*")
         for subject in info.state.subjects or {}:
             yield key_name(subject[len(self.kv_prefix) :])
-
-
-@dataclass(slots=True, eq=False)
-class _Waiting:
-    req: AppendRequest
-    append_id: str
-    future: asyncio.Future[AppendOutcome]
-
-
-def _take(queue: deque[_Waiting]) -> list[_Waiting]:
-    """The next group to commit: the front of the queue, up to the batch limits."""
-    group: list[_Waiting] = []
-    size = 0
-    while queue and len(group) < GROUP_MAX:
-        nbytes = len(queue[0].req.payload or b"")
-        if group and size + nbytes > GROUP_BYTES:
-            break
-        group.append(queue.popleft())
-        size += nbytes
-    return group
-
-
-def _answer(w: _Waiting, verdict: AppendOutcome | DsError) -> None:
-    if w.future.done():
-        return
-    if isinstance(verdict, DsError):
-        w.future.set_exception(verdict)
-        w.future.exception()  # retrieved: the waiting request re-raises it
-    else:
-        w.future.set_result(verdict)
