@@ -23,7 +23,7 @@ from typing import Final
 
 from schemas import headers as hdr
 from service.nats.directget import DirectGetError, ReplayTimeout
-from service.nats.outage import Outage
+from service.nats.outage import TRANSIENT_ERRORS, Outage
 from service.nats.publisher import WRONG_LAST_SEQUENCE, PublishRejected, PublishTimeout
 
 from .model import AppendOutcome, AppendRequest, DsError, StreamRecord, StreamState
@@ -36,6 +36,11 @@ GROUP_MAX: Final = 100
 """Appends committed together as one atomic batch, at most."""
 GROUP_BYTES: Final = 4 * 1024 * 1024
 MAX_FENCE_RETRIES: Final = 1000
+_UNAVAILABLE: Final[tuple[type[Exception], ...]] = (
+    ReplayTimeout,
+    DirectGetError,
+    *TRANSIENT_ERRORS,
+)
 
 
 class Appends:
@@ -94,48 +99,33 @@ class Appends:
                 _answer(w, DsError(500, f"append failed: {e!r}"))
 
     async def _commit_group(self, rec: StreamRecord, group: list[_Waiting]) -> None:
-        st, fresh = await self.store.state(rec)
+        """Rounds of validate-and-publish until every append of ``group`` is answered; an
+        outage (a publish or a read-back unanswered, no responders) is ridden out under the
+        project's outage policy (``GENJOBS_PUBLISH_OUTAGE_BUDGET``), then answered 503."""
         ids = {w.append_id: w for w in group}
+        st: StreamState | None = None
+        fresh = False
         outage: Outage | None = None
         for _ in range(MAX_FENCE_RETRIES):
-            todo = [w for w in group if not w.future.done()]
-            if not todo:
-                return
-            accepted, verdicts = _validate(st, todo)
-            if verdicts and not fresh:
-                # A refusal or a duplicate must not rest on a stale cache: another gateway
-                # may have appended. Only a publish is fenced by the server.
-                st, _ = await self.store.catch_up(rec, st)
-                fresh = True
-                continue
-            for w, verdict in verdicts:
-                _answer(w, verdict)
-            if not accepted:
+            if all(w.future.done() for w in group):
                 return
             try:
-                await self._publish(rec, st, accepted)
-                fresh = True  # the state as of our own commit
+                if st is None:
+                    st, fresh = await self.store.state(rec)
+                st, fresh = await self._round(rec, st, fresh, group, ids)
                 continue
             except PublishRejected as e:
-                if e.err_code == WRONG_LAST_SEQUENCE:
-                    st, landed = await self.store.catch_up(rec, st, look_for=ids)
-                    _answer_landed(st, ids, landed)
-                    fresh = True
-                    continue
                 if not e.transient:
                     raise DsError(500, f"append refused: {e.description}") from e
                 error: Exception = e
                 waited = 0.0
             except PublishTimeout as e:
-                error, waited = e, self.store.s.publish_timeout
-                try:
-                    st, landed = await self.store.catch_up(rec, st, look_for=ids)
-                except (ReplayTimeout, DirectGetError) as read_error:
-                    log.warning("read-back after an unanswered append failed: %r", read_error)
-                else:
-                    _answer_landed(st, ids, landed)
-                    fresh = True
-            # The project's outage policy: retry within GENJOBS_PUBLISH_OUTAGE_BUDGET.
+                # Maybe stored: the retry's fence answers 10071 then, and the read-back after
+                # it finds this append by its id.
+                error, waited, fresh = e, self.store.s.publish_timeout, False
+            except _UNAVAILABLE as e:
+                waited = self.store.s.request_timeout if isinstance(e, ReplayTimeout) else 0.0
+                error, fresh = e, False
             outage = outage or self.store.policy.begin()
             if not outage.failed(waited=waited):
                 raise DsError(
@@ -145,6 +135,42 @@ class Appends:
             if not waited:
                 await asyncio.sleep(outage.pause())
         raise DsError(503, "append kept losing the race against other writers")
+
+    async def _round(
+        self,
+        rec: StreamRecord,
+        st: StreamState,
+        fresh: bool,
+        group: list[_Waiting],
+        ids: dict[str, _Waiting],
+    ) -> tuple[StreamState, bool]:
+        """One round: answer what can be answered, store what is accepted; returns the state
+        and whether it was just read back (or just written by us).
+
+        Raises:
+            PublishRejected: other than "wrong last sequence"; PublishTimeout; the read-back's
+                errors.
+        """
+        todo = [w for w in group if not w.future.done()]
+        accepted, verdicts = _validate(st, todo)
+        if verdicts and not fresh:
+            # A refusal or a duplicate must not rest on a stale cache: another gateway may
+            # have appended. Only a publish is fenced by the server.
+            st, _ = await self.store.catch_up(rec, st)
+            return st, True
+        for w, verdict in verdicts:
+            _answer(w, verdict)
+        if not accepted:
+            return st, fresh
+        try:
+            await self._publish(rec, st, accepted)
+        except PublishRejected as e:
+            if e.err_code != WRONG_LAST_SEQUENCE:
+                raise
+            # Fenced out: another writer appended, or an earlier attempt of ours landed late.
+            st, landed = await self.store.catch_up(rec, st, look_for=ids)
+            _answer_landed(st, ids, landed)
+        return st, True
 
     async def _publish(self, rec: StreamRecord, st: StreamState, accepted: list[_Accepted]) -> None:
         """Store ``accepted`` (one publish, or one atomic batch), fenced on ``st.tail``; apply
