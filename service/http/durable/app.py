@@ -82,6 +82,8 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 
 class DurableHandlers:
+    """PUT, POST, HEAD, DELETE and OPTIONS of a Durable Stream; GET is :class:`.reading.Readers`'."""
+
     def __init__(self, app: web.Application) -> None:
         self.app = app
 
@@ -96,14 +98,6 @@ class DurableHandlers:
     @property
     def life(self) -> Lifecycle:
         return self.app[LIFE]
-
-    @property
-    def live(self) -> LiveWatchers:
-        return self.app[LIVE]
-
-    @property
-    def settings(self) -> Settings:
-        return self.app[SETTINGS]
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         method = request.method
