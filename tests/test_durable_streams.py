@@ -4,6 +4,7 @@ several gateways on one stream, lost responses and lost acks, recreation, fork c
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -445,3 +446,36 @@ async def test_the_sweeper_drops_references_no_fork_holds_and_purges_orphan_data
     assert not info.state.subjects
     body, _ = await read_all(http, a + "f")
     assert body == b"S"
+
+
+class _Clock:
+    """The gateways' wall clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_read_on_one_gateway_keeps_a_ttl_stream_alive_on_the_other(
+    two: tuple[str, str, DurableStore, DurableStore], http: aiohttp.ClientSession
+) -> None:
+    a, b, store_a, store_b = two
+    clock = _Clock()
+    store_a.clock = store_b.clock = clock
+    async with http.put(a + "ttl", data="x", headers={**TEXT, "Stream-TTL": "10"}) as r:
+        assert r.status == 201
+    clock.now += 6
+    async with http.get(b + "ttl") as r:  # a read resets the window, on the other gateway
+        assert r.status == 200
+    clock.now += 6  # 12 s after creation, 6 after the read
+    async with http.head(a + "ttl") as r:
+        assert r.status == 200
+    async with http.head(b + "ttl") as r:
+        assert r.status == 200
+    clock.now += 6  # HEAD does not reset it: 12 s after the read
+    async with http.head(a + "ttl") as r:
+        assert r.status == 404
+    async with http.get(b + "ttl") as r:
+        assert r.status == 404

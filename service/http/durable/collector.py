@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -88,7 +87,7 @@ class Collector:
         prefix = store.subject("")
         info = await store.js.stream_info(store.stream, subjects_filter=prefix + "*")
         purged = 0
-        now = time.time()
+        now = store.clock()
         for subject in info.state.subjects or {}:
             inc = subject[len(prefix) :]
             if inc in live:

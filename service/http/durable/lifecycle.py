@@ -10,7 +10,6 @@ when it is next touched, or when the sweeper (:mod:`.collector`) finds it.
 
 from __future__ import annotations
 
-import time
 import uuid
 
 from msgspec.structs import replace
@@ -166,7 +165,7 @@ class Lifecycle:
         rec = StreamRecord(
             inc=inc,
             content_type=content_type,
-            created=time.time(),
+            created=self.store.clock(),
             ttl=ttl,
             expires_at=expires_at,
             expires_ts=expires_ts,

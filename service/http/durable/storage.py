@@ -17,7 +17,7 @@ import logging
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Container
+from collections.abc import AsyncIterator, Callable, Container
 from typing import Final
 
 import nats.errors
@@ -78,6 +78,8 @@ class DurableStore:
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout)
         self.dg: DirectGetClient = client_for(nc)
         self.policy = OutagePolicy.from_settings(settings)
+        self.clock: Callable[[], float] = time.time
+        """Wall clock of TTLs and expiry (tests move it)."""
         self.publisher = FencedPublisher(nc, timeout=settings.publish_timeout, policy=self.policy)
         self.stream = settings.ds_stream_name
         self.kv_stream = f"KV_{settings.ds_bucket}"
@@ -147,7 +149,7 @@ class DurableStore:
             return None
 
     async def expired(self, rec: StreamRecord) -> bool:
-        now = time.time()
+        now = self.clock()
         if rec.expires_ts is not None and now >= rec.expires_ts:
             return True
         if rec.ttl is None:
@@ -169,7 +171,7 @@ class DurableStore:
         """
         if rec.ttl is None:
             return
-        now = time.time()
+        now = self.clock()
         self._access[rec.inc] = now
         last = self._access_written.get(rec.inc, rec.created)
         if now - last < min(60.0, rec.ttl / 10):
