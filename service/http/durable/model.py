@@ -30,14 +30,6 @@ M_PSEQ: Final = hdr.DS_PSEQ
 M_SEQ: Final = hdr.DS_SEQ
 M_APPEND: Final = hdr.DS_APPEND
 
-READ_BATCH: Final = 1000
-READ_MAX_BYTES: Final = 4 * 1024 * 1024
-"""A catch-up response stops after the message that crosses this many bytes (always one)."""
-SNAPSHOT_EVERY: Final = 64
-"""Appends between two state snapshots in KV."""
-STATE_CACHE: Final = 10_000
-MAX_FENCE_RETRIES: Final = 1000
-
 
 class DsError(Exception):
     """An answer other than success: HTTP status, text, extra response headers."""

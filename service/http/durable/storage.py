@@ -57,7 +57,8 @@ from .model import (
 
 log = logging.getLogger("genjobs.http.durable")
 
-READ_BATCH: Final = 1000
+READ_BATCH: Final = 10_000
+"""Messages per catch-up response at most (with :data:`READ_MAX_BYTES`)."""
 READ_MAX_BYTES: Final = 4 * 1024 * 1024
 """A catch-up response stops after the message that crosses this many bytes (always one)."""
 SNAPSHOT_EVERY: Final = 64
