@@ -330,14 +330,40 @@ async def _stop_readers(app: web.Application) -> None:
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     store, live, settings = app[STORE], app[LIVE], app[SETTINGS]
     await store.open()
-    sweeper = asyncio.create_task(_sweep_forever(Collector(app[LIFE]), settings.sweep_interval))
+    tasks = [
+        asyncio.create_task(_sweep_forever(Collector(app[LIFE]), settings.sweep_interval)),
+        asyncio.create_task(_wake_on_reconnect(store.nc, live)),
+    ]
     try:
         yield
     finally:
-        sweeper.cancel()
-        await asyncio.wait([sweeper])
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
         await live.close()
         await store.close()
+
+
+RECONNECT_CHECK: Final = 1.0
+
+
+async def _wake_on_reconnect(nc: NATS, live: LiveWatchers) -> None:
+    """Core messages published while the connection was down never arrive: after a reconnect
+    every waiting reader re-reads from the stream now, instead of at its next keep-alive. (The
+    connection's callbacks belong to its owner, so the reconnect counter is watched.)"""
+    seen = nc.stats["reconnects"]
+    while True:
+        await asyncio.sleep(RECONNECT_CHECK)
+        now = nc.stats["reconnects"]
+        if now == seen or not nc.is_connected:
+            continue
+        try:
+            await nc.flush(timeout=5)  # the re-sent subscriptions are in place first
+        except UNAVAILABLE as e:
+            log.warning("flush after a reconnect failed: %r", e)
+            continue
+        seen = now
+        live.wake_all()
 
 
 async def _sweep_forever(collector: Collector, interval: float) -> None:
