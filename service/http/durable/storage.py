@@ -89,8 +89,10 @@ class DurableStore:
         self._states: OrderedDict[str, StreamState] = OrderedDict()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._tails: dict[str, int] = {}  # subject -> last sequence this process knows stored
-        self._access: dict[str, float] = {}  # incarnation -> last access known here
-        self._access_written: dict[str, float] = {}
+        # incarnation -> last access known here / last written to KV (bounded like the states:
+        # forgetting one only costs a KV read or write)
+        self._access: OrderedDict[str, float] = OrderedDict()
+        self._access_written: OrderedDict[str, float] = OrderedDict()
 
     async def open(self) -> None:
         """Provision the stream and bucket (idempotent) and start the publisher.
@@ -161,7 +163,7 @@ class DurableStore:
         got = await self.kv_get("a." + rec.inc)  # another gateway may have seen it since
         if got is not None:
             known = max(known, float(got[0]))
-            self._access[rec.inc] = known
+            _bounded_put(self._access, rec.inc, known)
         return now >= known + rec.ttl
 
     async def touch(self, rec: StreamRecord) -> None:
@@ -173,11 +175,11 @@ class DurableStore:
         if rec.ttl is None:
             return
         now = self.clock()
-        self._access[rec.inc] = now
+        _bounded_put(self._access, rec.inc, now)
         last = self._access_written.get(rec.inc, rec.created)
         if now - last < min(60.0, rec.ttl / 10):
             return
-        self._access_written[rec.inc] = now
+        _bounded_put(self._access_written, rec.inc, now)
         await self.kv.put("a." + rec.inc, repr(now).encode())
 
     async def catch_up(
@@ -377,3 +379,10 @@ class DurableStore:
         info = await self.js.stream_info(self.kv_stream, subjects_filter=self.kv_prefix + "n.*")
         for subject in info.state.subjects or {}:
             yield key_name(subject[len(self.kv_prefix) :])
+
+
+def _bounded_put(cache: OrderedDict[str, float], key: str, value: float) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > STATE_CACHE:
+        cache.popitem(last=False)
