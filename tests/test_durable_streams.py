@@ -20,6 +20,7 @@ from service.http.durable.access import auth_middleware
 from service.http.durable.app import STORE
 from service.http.durable.collector import Collector
 from service.http.durable.lifecycle import Lifecycle
+from service.http.durable.live import Watch, _Topic
 from service.http.durable.model import encode, name_key
 from service.http.durable.protocol import (
     JsonBodyError,
@@ -482,3 +483,26 @@ async def test_a_read_on_one_gateway_keeps_a_ttl_stream_alive_on_the_other(
         assert r.status == 404
     async with http.get(b + "ttl") as r:
         assert r.status == 404
+
+
+async def test_a_watch_wakes_when_poked_and_times_out_on_time_without() -> None:
+    w = Watch(_Topic())
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        assert await w.wait(0.05) is False
+        w.poke()  # stored before the wait: it returns at once
+        assert await w.wait(10.0) is True
+        waiting = asyncio.create_task(w.wait(10.0))
+        await asyncio.sleep(0)  # let it start waiting
+        w.poke()
+        assert await waiting is True
+        # A short wait after a long one (its timer armed far later) still ends on time.
+        long_wait = asyncio.create_task(w.wait(30.0))
+        await asyncio.sleep(0)
+        w.poke()
+        assert await long_wait is True
+        assert await w.wait(0.05) is False
+        assert loop.time() - started < 10.0
+    finally:
+        w.close()

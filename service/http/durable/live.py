@@ -37,14 +37,20 @@ RECENT: Final = 256
 
 
 class Watch:
-    """One reader's wake-up flag: set by every append stored since its last :meth:`wait`."""
+    """One reader's wake-up flag: set by every append stored since its last :meth:`wait`.
 
-    __slots__ = ("_dirty", "_topic", "_waiter")
+    Its timeout is one timer re-armed lazily, not one per wait: a thousand readers woken by
+    every append would otherwise create and cancel a thousand timers each time.
+    """
+
+    __slots__ = ("_deadline", "_dirty", "_timer", "_topic", "_waiter")
 
     def __init__(self, topic: _Topic) -> None:
         self._dirty = False
         self._waiter: asyncio.Future[None] | None = None
         self._topic = topic
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     def recent_after(self, seq: int, max_bytes: int) -> tuple[list[StoredMsg], bool]:
         """The live messages received here that follow ``seq`` on the subject without a gap
@@ -71,16 +77,39 @@ class Watch:
         """True when something was stored since the last call (at once if it already was),
         False after ``timeout`` seconds without."""
         if not self._dirty:
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.time() + max(0.0, timeout)
+            timer = self._timer
+            if timer is not None and timer.when() > self._deadline:
+                timer.cancel()
+                timer = None
+            if timer is None:
+                self._timer = loop.call_at(self._deadline, self._on_timer)
+            waiter = self._waiter = loop.create_future()
             try:
-                async with asyncio.timeout(max(0.0, timeout)):
-                    await self._waiter
-            except TimeoutError:
-                return False
+                await waiter
             finally:
                 self._waiter = None
+            if not self._dirty:
+                return False
         self._dirty = False
         return True
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:  # the wait began later than the timer: re-arm
+            self._timer = loop.call_at(self._deadline, self._on_timer)
+            return
+        waiter.set_result(None)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class _Topic:
@@ -135,6 +164,7 @@ class LiveWatchers:
             await self._subscribed(subject, topic)
             yield w
         finally:
+            w.close()
             topic.watches.discard(w)
             if not topic.watches and self._topics.get(subject) is topic:
                 del self._topics[subject]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
@@ -25,6 +26,8 @@ from .storage import READ_MAX_BYTES, DurableStore
 
 log = logging.getLogger("genjobs.http.durable")
 
+EVENT_CACHE: Final = 256
+EVENT_KEY_MSGS: Final = 16
 SSE_MAX_SECONDS: Final = 60.0
 """An SSE response ends after this long; the client reconnects from its last offset."""
 
@@ -76,6 +79,27 @@ class Readers:
         self.store = store
         self.live = live
         self.s = settings
+        # Encoded SSE data events of recent message sets: a thousand readers of one stream
+        # woken by one append send the same bytes, encoded once. Stored messages never change,
+        # and their sequences name them within a stream.
+        self._events: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
+
+    def _data_event(
+        self, view: View, res: ReadResult, parts: list[bytes], json_mode: bool
+    ) -> bytes:
+        key: tuple[object, ...] | None = None
+        if len(res.msgs) <= EVENT_KEY_MSGS:
+            key = (view.source.stream, view.content_type, *(m.seq for m in res.msgs))
+            event = self._events.get(key)
+            if event is not None:
+                return event
+        payload = p.json_body(parts) if json_mode else b"".join(parts)
+        event = p.sse_data(payload, content_type=view.content_type)
+        if key is not None:
+            self._events[key] = event
+            if len(self._events) > EVENT_CACHE:
+                self._events.popitem(last=False)
+        return event
 
     async def get(
         self, request: web.Request, view: View, after: int | None, start: str, live: str | None
@@ -222,10 +246,7 @@ class Readers:
                     parts = [m.data for m in res.msgs if m.data]
                     after = res.next_seq
                     offset = p.format_offset(after)
-                    out = b""
-                    if parts:
-                        payload = p.json_body(parts) if json_mode else b"".join(parts)
-                        out = p.sse_data(payload, content_type=view.content_type)
+                    out = self._data_event(view, res, parts, json_mode) if parts else b""
                     if res.up_to_date and res.closed:
                         out += p.sse_control(offset, cursor=None, up_to_date=True, closed=True)
                         await resp.write(out)
