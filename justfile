@@ -65,5 +65,6 @@ bench-stack *ARGS:
 
 # The Durable Streams conformance suite (332 tests, pinned in package-lock.json) against genjobs
 # on a real nats-server; `npm ci` first if node_modules is missing or stale. `-t PATTERN` filters.
+[positional-arguments]
 conformance *ARGS:
-    {{py}} conformance/run.py {{ARGS}}
+    {{py}} conformance/run.py "$@"
