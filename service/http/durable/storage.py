@@ -33,7 +33,8 @@ from service.nats.directget import (
     StoredMsg,
     client_for,
 )
-from service.nats.outage import OutagePolicy
+from service.nats.directget import transient as direct_get_transient
+from service.nats.outage import TRANSIENT_ERRORS, OutagePolicy, retry
 from service.nats.provision import provision_durable
 from service.nats.publisher import (
     FencedPublisher,
@@ -125,7 +126,21 @@ class DurableStore:
         return m.data, m.seq
 
     async def lookup(self, name: str) -> tuple[StreamRecord, int] | None:
+        """The record of ``name`` and its revision; an outage (a leader election, a restart)
+        is ridden out under the outage policy before it raises.
+
+        Raises:
+            DirectGetError, and the TRANSIENT_ERRORS: still unavailable after the budget.
+        """
         key = name_key(name)
+        return await retry(
+            lambda: self._lookup_once(key),
+            self.policy,
+            what=f"durable stream record {name!r}",
+            transient=_lookup_transient,
+        )
+
+    async def _lookup_once(self, key: str) -> tuple[StreamRecord, int] | None:
         got = await self.kv_get(key)
         if got is None:
             # Direct Get may be answered by a replica behind the leader: a stream created a
@@ -386,3 +401,12 @@ def _bounded_put(cache: OrderedDict[str, float], key: str, value: float) -> None
     cache.move_to_end(key)
     while len(cache) > STATE_CACHE:
         cache.popitem(last=False)
+
+
+def _lookup_transient(e: Exception) -> float | None:
+    """An outage for a record lookup: a Direct Get timeout or 503, or the leader's get
+    unanswered."""
+    waited = direct_get_transient(e)
+    if waited is None and isinstance(e, TRANSIENT_ERRORS):
+        return 0.0
+    return waited
