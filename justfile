@@ -62,3 +62,9 @@ gateway *ARGS:
 # Which HTTP stack holds idle SSE connections cheaper: aiohttp vs Starlette on uvicorn (bench extra).
 bench-stack *ARGS:
     {{py}} -m bench.sse_stack {{ARGS}}
+
+# The Durable Streams conformance suite (332 tests, pinned in package-lock.json) against genjobs
+# on a real nats-server; `npm ci` first if node_modules is missing or stale. `-t PATTERN` filters.
+[positional-arguments]
+conformance *ARGS:
+    {{py}} conformance/run.py "$@"

@@ -46,8 +46,23 @@ STATUS: Final = "Status"
 """nats-py's key for a status line (``NATS/1.0 404 ...``): 204 end of batch, 404, 503."""
 DESCRIPTION: Final = "Description"
 """nats-py's key for the text after a status code."""
+TIME_STAMP: Final = "Nats-Time-Stamp"
+"""On a Direct Get reply: when the message was stored (RFC 3339, nanoseconds, UTC)."""
 KV_OPERATION: Final = "KV-Operation"
 """On a KV entry: ``DEL`` or ``PURGE`` for a removed key (absent on a put)."""
+
+# --- Durable Streams: on every stored append (docs/http.md, storage layout) ---------------------
+
+DS_CLOSE: Final = "Ds-Close"
+"""This append closes the stream (a close without data is an empty message with it)."""
+DS_PRODUCER: Final = "Ds-Pid"
+"""The append's ``Producer-Id``; with :data:`DS_EPOCH` and :data:`DS_PSEQ` its producer tuple."""
+DS_EPOCH: Final = "Ds-Pep"
+DS_PSEQ: Final = "Ds-Psq"
+DS_SEQ: Final = "Ds-Seq"
+"""The append's ``Stream-Seq``."""
+DS_APPEND: Final = "Ds-Aid"
+"""A random id per request: finds an append whose publish ack was lost."""
 
 # --- nats.micro ------------------------------------------------------------------------------
 

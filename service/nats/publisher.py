@@ -41,6 +41,10 @@ from service.nats.outage import Outage, OutagePolicy
 log = logging.getLogger("genjobs.publisher")
 
 WRONG_LAST_SEQUENCE = 10071
+WRONG_LAST_SEQUENCE_IN_FLIGHT = 10164
+"""A replicated stream's answer "wrong last sequence" without a sequence: another write to the
+subject with an expected last sequence is still being processed (often our own timed-out
+attempt). Not a verdict: once that write settles, the same publish gets an ack or 10071."""
 MAX_PER_SUBJECT = 10077  # "maximum messages per subject exceeded"
 CLUSTER_NOT_AVAILABLE = 10008  # "JetStream system temporarily unavailable"
 _IDENTITY = (hdr.INDEX, hdr.WRITER, hdr.KIND)
@@ -61,6 +65,7 @@ class _PubAck(msgspec.Struct):
     stream: str = ""
     seq: int = 0
     duplicate: bool = False
+    count: int = 0  # messages of an atomic batch (its commit's ack)
     error: _ApiError | None = None
 
 
@@ -83,10 +88,11 @@ class PublishRejected(Exception):
 
     @property
     def transient(self) -> bool:
-        """No responders, or the cluster temporarily unavailable: the same publish may succeed
-        after an election. (Status 503 alone is not enough: JetStream also answers 503 to a
-        full subject, err_code 10077, which no retry fixes.)"""
-        return self.err_code in (503, CLUSTER_NOT_AVAILABLE)
+        """No responders, the cluster temporarily unavailable, or a fenced write to the same
+        subject still in flight: the same publish may succeed after an election or once that
+        write settles. (Status 503 alone is not enough: JetStream also answers 503 to a full
+        subject, err_code 10077, which no retry fixes.)"""
+        return self.err_code in (503, CLUSTER_NOT_AVAILABLE, WRONG_LAST_SEQUENCE_IN_FLIGHT)
 
 
 class FencedPublisher:
@@ -169,6 +175,40 @@ class FencedPublisher:
         if self.on_ack is not None:
             self.on_ack(loop.time() - sent)
         return ack.seq
+
+    async def publish_batch(
+        self, subject: str, messages: list[tuple[bytes, dict[str, str]]]
+    ) -> tuple[int, int]:
+        """One attempt at an atomic batch (JetStream 2.12+, the stream needs
+        ``allow_atomic``): every message is stored, or none; consistency headers of the first
+        (``Nats-Expected-Last-Subject-Sequence``) guard the whole batch. Only the commit message
+        is acknowledged. Returns (the commit's sequence, how many were stored).
+
+        Raises:
+            PublishTimeout: no ack in time (ambiguous: the batch may be stored).
+            PublishRejected: the server refused the batch (wrong last sequence, ...).
+        """
+        token = str(next(self._ids))
+        batch_id = f"{self._prefix.rsplit('.', 1)[-1]}{token}"[-64:]
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[_PubAck] = loop.create_future()
+        self._pending[token] = fut
+        timer = loop.call_later(self._timeout, self._expire, token)
+        last = len(messages)
+        try:
+            for i, (payload, headers) in enumerate(messages, 1):
+                h = {**headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i)}
+                if i == last:
+                    h["Nats-Batch-Commit"] = "1"
+                reply = f"{self._prefix}.{token}" if i == last else ""
+                await self._nc.publish(subject, payload, reply=reply, headers=h)
+            ack = await fut
+        finally:
+            timer.cancel()
+            self._pending.pop(token, None)
+        if ack.error is not None:
+            raise PublishRejected(ack.error.err_code, ack.error.description, ack.error.code)
+        return ack.seq, ack.count or last
 
     async def publish_fenced(
         self,
