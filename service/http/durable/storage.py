@@ -403,10 +403,10 @@ def _bounded_put(cache: OrderedDict[str, float], key: str, value: float) -> None
         cache.popitem(last=False)
 
 
-def _lookup_transient(e: Exception) -> float | None:
+def _lookup_transient(e: Exception) -> bool | None:
     """An outage for a record lookup: a Direct Get timeout or 503, or the leader's get
-    unanswered."""
-    waited = direct_get_transient(e)
-    if waited is None and isinstance(e, TRANSIENT_ERRORS):
-        return 0.0
-    return waited
+    unanswered (backed off, as a 503 is)."""
+    fast = direct_get_transient(e)
+    if fast is None and isinstance(e, TRANSIENT_ERRORS):
+        return True
+    return fast
