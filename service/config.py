@@ -12,6 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+NATS_LOST_MARGIN = 15.0
+"""Seconds past the outage budget before a replica without NATS gives up: the jobs' own budget
+runs out first, so their failure is what gets logged, then the replica's."""
+
 
 def _new_replica_id() -> str:
     return "r" + uuid.uuid4().hex[:12]
@@ -61,7 +65,13 @@ class Settings:
     session_ack_wait: float = 30.0
     shutdown_grace: float = 10.0
     request_timeout: float = 5.0
+    nats_lost_exit: float = 0.0
+    """``genjobs serve`` exits 3 after NATS has been unreachable this long (0: the outage budget
+    plus ``NATS_LOST_MARGIN``, so jobs get their full budget first)."""
     max_request_bytes: int = 1024 * 1024
+    long_poll_timeout: float = 20.0
+    """Durable Streams: how long a long-poll waits for data before answering 204, and the
+    keep-alive interval of an SSE reader (docs/http.md)."""
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -87,6 +97,22 @@ class Settings:
     def snapshots_bucket(self) -> str:
         return f"{self.prefix}-snapshots"
 
+    @property
+    def ds_stream_name(self) -> str:
+        """Durable Streams data: one subject per stream incarnation (docs/http.md)."""
+        return f"{self.prefix.upper().replace('-', '_')}_DS"
+
+    @property
+    def ds_bucket(self) -> str:
+        """Durable Streams metadata: stream records, state snapshots, last access."""
+        return f"{self.prefix}-ds"
+
+    def ds_subject(self, incarnation: str) -> str:
+        return f"{self.prefix}.ds.{incarnation}"
+
+    def ds_live_subject(self, incarnation: str) -> str:
+        return f"{self.prefix}.dslive.{incarnation}"
+
     def events_subject(self, job_id: str) -> str:
         return f"{self.prefix}.events.{job_id}"
 
@@ -101,6 +127,13 @@ class Settings:
 
     def rpc_subject(self, replica_id: str, op: str) -> str:
         return f"{self.prefix}.rpc.{replica_id}.{op}"
+
+    @property
+    def nats_lost_after(self) -> float:
+        """Seconds without NATS after which a replica gives up (``nats_lost_exit``)."""
+        if self.nats_lost_exit > 0:
+            return self.nats_lost_exit
+        return self.publish_outage_budget + NATS_LOST_MARGIN
 
     def presence_subject(self, job_id: str) -> str:
         return f"{self.prefix}.presence.{job_id}"

@@ -71,3 +71,50 @@ def test_serve_with_http_and_a_separate_gateway_answer_and_stop_cleanly(nats_url
         if gw is not None:
             stop(gw)
         assert stop(replica) == 0
+
+
+async def test_stopping_a_replica_with_http_ends_its_streams_with_the_terminal_event(
+    nats_url: str,
+) -> None:
+    """SIGTERM: the replica's running jobs get their terminal event and its SSE clients see it
+    before the gateway inside it stops."""
+    import asyncio
+    import signal
+
+    import aiohttp
+    import nats
+
+    from .http_helpers import read_sse
+
+    prefix = "h" + uuid.uuid4().hex[:8]
+    env = clean_env(GENJOBS_NATS_URL=nats_url, GENJOBS_PREFIX=prefix, GENJOBS_AUTH="none")
+    replica, lines = start(env, "serve", "--http", "127.0.0.1:0")
+    try:
+        url = lines.wait_for("genjobs: http on ").rsplit(" ", 1)[1]
+        lines.wait_for("genjobs: ready replica")
+        nc = await nats.connect(nats_url)
+        try:
+            body = b'{"userId": "u1", "conversationId": "job-term"}'
+            await nc.request(f"{prefix}.api.create", body, timeout=10)
+            batch = b'{"firstIndex": 0, "events": [{"event": "on_message_delta", "data": {}}]}'
+            await nc.request(f"{prefix}.ingest.job-term", batch, timeout=10)
+        finally:
+            await nc.close()
+        async with aiohttp.ClientSession() as s:
+            opened = asyncio.Event()
+
+            async def on_frame(f: object) -> None:
+                opened.set()
+
+            async with asyncio.TaskGroup() as tg:
+                reading = tg.create_task(
+                    read_sse(s, f"{url}/api/agents/chat/stream/job-term?user=u1", on_frame=on_frame)
+                )
+                await opened.wait()  # its first event arrived: the stream is open
+                replica.send_signal(signal.SIGTERM)
+            got = reading.result()
+        assert got.complete
+        assert got.frames[-1].event == "error"
+        assert "shutting down" in got.frames[-1].json()["error"]
+    finally:
+        assert stop(replica) == 0

@@ -309,6 +309,7 @@ async def test_active_and_status_show_the_callers_jobs(settings: Settings) -> No
         async with s.get(f"{gw.url}{CHAT}/status/job-b1", headers=auth("u2")) as resp:
             body = await resp.json()
         assert (body["active"], body["status"]) == (False, "complete")
+        assert body["resumeState"] is None
         async with s.get(f"{gw.url}{CHAT}/status/nope", headers=auth("u1")) as resp:
             assert resp.status == 200
             assert await resp.json() == {"active": False}

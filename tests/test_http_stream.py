@@ -142,3 +142,26 @@ async def test_gateway_stopping_breaks_streams_and_they_resume_on_another_gatewa
             )
         assert rest.complete
         assert seen(first.frames + rest.frames) == await stored(other.nc, settings, "job-gw")
+
+
+async def test_last_event_id_wins_over_resume_true(settings: Settings) -> None:
+    """An EventSource reconnect keeps its URL (?resume=true) and adds Last-Event-ID: it knows
+    its position, so it gets no snapshot, only what follows."""
+    async with serving(settings) as replica, gateway(settings) as gw, aiohttp.ClientSession() as s:
+        await produce(replica, "u1", "job-both")
+        log = await stored(gw.nc, settings, "job-both")
+        got = await read_sse(
+            s,
+            f"{gw.url}{CHAT}/stream/job-both?resume=true",
+            headers={**auth("u1"), "Last-Event-ID": log[4][0]},
+        )
+        assert seen(got.frames) == log[5:]
+
+
+def test_frames_carry_the_seq_and_split_line_breaks_into_data_lines() -> None:
+    from service.http.sse import frame
+
+    assert frame(7, "message", b'{"a":1}') == b'id: 7\nevent: message\ndata: {"a":1}\n\n'
+    assert frame(8, "error", b'{\n"a":\r\n1}\r') == (
+        b'id: 8\nevent: error\ndata: {\ndata: "a":\ndata: 1}\ndata: \n\n'
+    )
