@@ -42,6 +42,7 @@ from service.cli.common import (
     api_request,
     run_async,
 )
+from service.cli.demo_http import with_browser_view
 from service.client.producer import EmitResult, JobHandle
 from service.client.reader import LiveHub, ReadEvent, read_all
 from service.config import Settings
@@ -407,18 +408,7 @@ async def _run(args: argparse.Namespace, url: str, data_dir: str) -> bool:
         row("replica B", f"{b.replica_id}: own NATS connection, serves genjobs.api.*")
         if not args.http:
             return await _tour(args, url, a, b)
-        from service.cli.demo_http import BROWSER_JOB, browser_view
-
-        async with browser_view(a, b, args.http, USER) as view:
-            row("browser", f"job {BROWSER_JOB} on replica A, ~10 tokens/s, served by a gateway")
-            row("", "on replica B's connection; open the page (reload it, go offline, Stop):")
-            say(f"  {view.url}")
-            passed = await _tour(args, url, a, b)
-            say()
-            say("All checks passed." if passed else "Some checks FAILED (✘ above).")
-            say("The page stays up until Ctrl-C.")
-            await view.linger()
-    return passed
+        return await with_browser_view(a, b, args.http, USER, lambda: _tour(args, url, a, b))
 
 
 async def _tour(args: argparse.Namespace, url: str, a: Replica, b: Replica) -> bool:
@@ -426,8 +416,7 @@ async def _tour(args: argparse.Namespace, url: str, a: Replica, b: Replica) -> b
     await demo.generation_with_reader()
     await demo.abort_from_b()
     heading(4, "Checks")
-    for ok, text in demo.checks.results:
-        say(f"  {'✔' if ok else '✘'} {text}")
+    say("\n".join(f"  {'✔' if ok else '✘'} {text}" for ok, text in demo.checks.results))
     return demo.checks.passed
 
 
@@ -456,8 +445,6 @@ def main(args: argparse.Namespace) -> int:
     if passed:
         say(f"All checks passed in {time.monotonic() - started:.1f} s.")
         say("Next: `just test`, then README.md (run a replica: `genjobs serve`).")
-        if not args.http:
-            say("In a browser: `genjobs demo --http` (`just run-http`) prints a page's URL.")
         return EXIT_OK
     say("Some checks FAILED (✘ above).")
     return EXIT_FAILED

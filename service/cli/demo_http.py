@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -30,6 +30,16 @@ from service.http.demo import page_url
 from service.server.replica import Replica
 
 BROWSER_JOB = "demo-browser"
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def row(label: str, text: str) -> None:
+    say(f"  {label:<10}{text}")  # the demo's own layout (service/cli/demo.py)
+
+
 TOKENS = 240
 TOKEN_DELAY = 0.1
 
@@ -90,3 +100,19 @@ async def browser_view(
             yield view
     finally:
         await server.stop()
+
+
+async def with_browser_view(
+    a: Replica, b: Replica, listen: str, user: str, tour: Callable[[], Awaitable[bool]]
+) -> bool:
+    """The terminal tour with the browser view beside it; then the page stays up (Ctrl-C)."""
+    async with browser_view(a, b, listen, user) as view:
+        row("browser", f"job {BROWSER_JOB} on replica A, ~10 tokens/s, served by a gateway")
+        row("", "on replica B's connection; open the page (reload it, go offline, Stop):")
+        say(f"  {view.url}")
+        passed = await tour()
+        say()
+        say("All checks passed." if passed else "Some checks FAILED (✘ above).")
+        say("The page stays up until Ctrl-C.")
+        await view.linger()
+    return passed
