@@ -130,7 +130,7 @@ class Replica:
         self._subs = [
             await self.nc.subscribe(f"{p}.abort.>", queue=ABORT_QUEUE, cb=self._on_abort),
             await self.nc.subscribe(f"{p}.abort", queue=ABORT_QUEUE, cb=self._on_abort),
-            await self.nc.subscribe(f"{p}.rpc.{self.replica_id}.*", cb=self._rpc.on_msg),
+            await self.nc.subscribe(f"{p}.rpc.{self.replica_id}.*", cb=self._on_rpc),
         ]
         await self.nc.flush()
         self.started_at = time.monotonic()
@@ -518,6 +518,13 @@ class Replica:
         """``<prefix>.abort.<job_id>``: answered by :meth:`Aborts.on_subject` in a task of the
         replica's TaskGroup, so a slow abort never delays the next request."""
         if not self._spawn(self.aborts.on_subject(msg), "abort-subject"):
+            await send_error(self.nc, msg, Unavailable("replica is shutting down"))
+
+    async def _on_rpc(self, msg: Msg) -> None:
+        """``<prefix>.rpc.<me>.<op>``: in a task too. nats-py runs a subscription's callbacks
+        one after another, and an abort (which waits for the actor's terminal write) must not
+        hold up the snapshot and sync requests queued behind it."""
+        if not self._spawn(self._rpc.on_msg(msg), "rpc"):
             await send_error(self.nc, msg, Unavailable("replica is shutting down"))
 
 

@@ -12,7 +12,7 @@ from nats.aio.msg import Msg
 
 from actors.registry import Registry
 from schemas.api import AbortResult, OwnerRequest, SyncReply, encode
-from schemas.errors import BadRequest, GenjobsError, NotFound
+from schemas.errors import BadRequest, GenjobsError, NotFound, Unavailable
 from schemas.ids import check_id, check_optional_id
 from service.server.abort import BY_API, Aborts
 from service.server.reads import authorize
@@ -39,6 +39,10 @@ class OwnerRpc:
             return
         except GenjobsError as e:
             await send_error(nc, msg, e)
+            return
+        except Exception:  # in a task of the replica's TaskGroup: never end the replica
+            log.exception("rpc %s: unexpected error", op)
+            await send_error(nc, msg, Unavailable("internal error"))
             return
         await send(nc, msg, reply)
 
