@@ -152,3 +152,132 @@ def aggregator(raw: dict[str, Any]) -> dict[str, Any]:
             params={"fixture": raw["fixture"], "events": raw["events"], "repeat": raw["repeat"]},
         )
     return out
+
+
+def streams(raw: dict[str, Any]) -> dict[str, Any]:
+    """Section 8 (bench/streams.py): rates, catch-up and SSE per system, genjobs' ratios."""
+    from bench.figures import DS_SYSTEMS
+
+    keys = [k for k in SPECS if k.startswith("streams.")]
+    if "error" in raw:
+        return {k: error(raw["error"]) for k in keys}
+    skipped_systems: dict[str, str] = raw.get("skipped", {})
+    out: dict[str, Any] = {}
+
+    def unavailable(system: str) -> dict[str, Any] | None:
+        reason = skipped_systems.get(system)
+        if reason is None:
+            return None
+        return error(reason) if reason.startswith("error:") else skipped(reason)
+
+    # append: one figure per system and shape, ratios per round
+    rounds: list[dict[str, Any]] = raw.get("append", [])
+    for size in ("50b", "1kb"):
+        for w in (1, 100):
+            shape = f"{size}.{w}w"
+            for system in DS_SYSTEMS:
+                key = f"streams.append.{shape}.{system}.rate"
+                runs, err = _runs_ok(
+                    [r[f"{shape}.{system}"] for r in rounds if f"{shape}.{system}" in r]
+                )
+                p: dict[str, Any] = {"writers": w, "size": size}
+                if runs:
+                    p["server_cpu_pct"] = max(r["cpu_pct"].get("server", 0.0) for r in runs)
+                    if "nats" in runs[0]["cpu_pct"]:
+                        p["nats_cpu_pct"] = max(r["cpu_pct"]["nats"] for r in runs)
+                    p["p99_ms"] = max(r["p99_ms"] for r in runs)
+                out[key] = unavailable(system) or (
+                    error(err) if err or not runs else figure([r["rate"] for r in runs], params=p)
+                )
+            for peer in DS_SYSTEMS[1:]:
+                key = f"streams.append.{shape}.ratio.vs_{peer}"
+                ratios = []
+                for r in rounds:
+                    a, b = r.get(f"{shape}.genjobs", {}), r.get(f"{shape}.{peer}", {})
+                    if "rate" in a and "rate" in b:
+                        ratios.append(a["rate"] / b["rate"])
+                out[key] = (
+                    unavailable(peer)
+                    or unavailable("genjobs")
+                    or figure(
+                        ratios, params={"how": "per round, genjobs appends/s / peer appends/s"}
+                    )
+                )
+    # catch-up: ms per full read, over blocks; ratio of block medians, block by block
+    catchup: dict[str, Any] = raw.get("catchup", {})
+    medians: dict[str, list[float]] = {}
+    for system in DS_SYSTEMS:
+        key = f"streams.catchup.{system}.ms"
+        c = catchup.get(system)
+        if unavailable(system) or c is None:
+            out[key] = unavailable(system) or error("not run")
+            continue
+        if "error" in c["fill"]:
+            out[key] = error(c["fill"]["error"])
+            continue
+        blocks, err = _runs_ok(c["blocks"])
+        if err or not blocks:
+            out[key] = error(err or "not run")
+            continue
+        medians[system] = [sorted(b["ms"])[len(b["ms"]) // 2] for b in blocks]
+        out[key] = figure(
+            medians[system],
+            params={
+                "messages": blocks[0]["messages"],
+                "requests_per_read": blocks[0]["requests"],
+                "fill_s": round(c["fill"]["seconds"], 2),
+                "how": "median of each block's reads",
+            },
+        )
+    for peer in DS_SYSTEMS[1:]:
+        key = f"streams.catchup.ratio.vs_{peer}"
+        a, b = medians.get("genjobs"), medians.get(peer)
+        out[key] = (
+            unavailable(peer)
+            or unavailable("genjobs")
+            or (
+                figure([y / x for x, y in zip(a, b, strict=False)], params={"how": "per block"})
+                if a and b
+                else error("catch-up not measured")
+            )
+        )
+    # SSE: p50/p99 over every round's thirds; ratios of pooled percentiles per round
+    sse_rounds: list[dict[str, Any]] = raw.get("sse", [])
+    for system in DS_SYSTEMS:
+        runs, err = _runs_ok([r[system] for r in sse_rounds if system in r])
+        for q in ("p50", "p99"):
+            key = f"streams.sse.{system}.{q}_ms"
+            if unavailable(system) or err or not runs:
+                out[key] = unavailable(system) or error(err or "not run")
+                continue
+            p = {
+                "readers": runs[0]["readers"],
+                "streams": runs[0]["streams"],
+                "deliveries": sum(r["deliveries"] for r in runs),
+                "writer_appends_per_s": round(min(r["writer"]["rate"] for r in runs), 1),
+                f"{q}_pooled_ms": [round(r[f"{q}_ms_all"], 2) for r in runs],
+                "server_cpu_pct": max(r["cpu_pct"].get("server", 0.0) for r in runs),
+                "spread": "each run cut in three by emit time",
+            }
+            out[key] = figure([x for r in runs for x in r[f"{q}_ms"]], params=p)
+    for peer in DS_SYSTEMS[1:]:
+        for q in ("p50", "p99"):
+            key = f"streams.sse.ratio.{q}.vs_{peer}"
+            ratios = []
+            for r in sse_rounds:
+                a, b = r.get("genjobs", {}), r.get(peer, {})
+                if (
+                    f"{q}_ms_all" in a
+                    and f"{q}_ms_all" in b
+                    and "error" not in a
+                    and "error" not in b
+                ):
+                    ratios.append(b[f"{q}_ms_all"] / a[f"{q}_ms_all"])
+            out[key] = (
+                unavailable(peer)
+                or unavailable("genjobs")
+                or figure(
+                    ratios, params={"how": f"per round, peer pooled {q} / genjobs pooled {q}"}
+                )
+            )
+    return out

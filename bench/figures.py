@@ -14,6 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 SIZES = (100, 1000, 10000)
+DS_SYSTEMS = ("genjobs", "ref_memory", "ref_file", "rakaia")
+DS_LABELS = {
+    "genjobs": "genjobs",
+    "ref_memory": "reference (Node), memory",
+    "ref_file": "reference (Node), file store",
+    "rakaia": "rakaia-streams (Python)",
+}
 DELIVERY_RATES = (20, 50)
 
 
@@ -24,6 +31,7 @@ class Spec:
     label: str
     unit: str
     redis: bool = False  # skipped, not failed, when the Redis baseline cannot run
+    needs: str = ""  # a Durable Streams peer: skipped, not failed, when it cannot run here
 
 
 def _ingest() -> list[Spec]:
@@ -72,6 +80,39 @@ def _resume() -> list[Spec]:
     return out
 
 
+def _streams() -> list[Spec]:
+    """Section 8: the Durable Streams protocol, genjobs beside the peers (bench/streams.py)."""
+    sec = "8. Durable Streams"
+    out = []
+    for size, size_label in (("50b", "50 B"), ("1kb", "1 KB")):
+        for w in (1, 100):
+            what = f"append {size_label}, {w} writer{'s' if w > 1 else ''}"
+            for system in DS_SYSTEMS:
+                key = f"streams.append.{size}.{w}w.{system}.rate"
+                out.append(
+                    Spec(key, sec, f"{DS_LABELS[system]}: {what}", "appends/s", needs=system)
+                )
+            for peer in DS_SYSTEMS[1:]:
+                key = f"streams.append.{size}.{w}w.ratio.vs_{peer}"
+                label = f"genjobs / {DS_LABELS[peer]}: {what}"
+                out.append(Spec(key, sec, label, "x", needs=peer))
+    for system in DS_SYSTEMS:
+        label = f"{DS_LABELS[system]}: catch-up read of a stream"
+        out.append(Spec(f"streams.catchup.{system}.ms", sec, label, "ms", needs=system))
+    for peer in DS_SYSTEMS[1:]:
+        label = f"{DS_LABELS[peer]} / genjobs: catch-up time"
+        out.append(Spec(f"streams.catchup.ratio.vs_{peer}", sec, label, "x", needs=peer))
+    for system in DS_SYSTEMS:
+        for q in ("p50", "p99"):
+            label = f"{DS_LABELS[system]}: SSE live delivery: {q}"
+            out.append(Spec(f"streams.sse.{system}.{q}_ms", sec, label, "ms", needs=system))
+    for peer in DS_SYSTEMS[1:]:
+        for q in ("p50", "p99"):
+            label = f"{DS_LABELS[peer]} / genjobs: SSE delivery {q}"
+            out.append(Spec(f"streams.sse.ratio.{q}.vs_{peer}", sec, label, "x", needs=peer))
+    return out
+
+
 CATALOGUE: list[Spec] = [
     *_ingest(),
     *_resume(),
@@ -103,6 +144,7 @@ CATALOGUE: list[Spec] = [
         "events/s",
     ),
     Spec("aggregator.coalesce.events_per_s", "7. Aggregator", "coalescing", "events/s"),
+    *_streams(),
 ]
 SPECS = {s.key: s for s in CATALOGUE}
 KEYS = [s.key for s in CATALOGUE]
@@ -183,6 +225,19 @@ TARGETS: list[Target] = [
     Target("abort reply p99", ("abort.reply.p99_ms",), _le(20), "<= 20 ms"),
     Target("memory per running job", ("memory.job_kb",), _le(16), "<= 16 KB"),
     Target("2,000 idle readers", ("readers.idle_cpu_pct",), _le(30), "<= 30 % of one core"),
+    *(
+        Target(
+            f"Durable Streams vs {DS_LABELS[peer]}",
+            tuple(
+                s.key
+                for s in CATALOGUE
+                if s.key.startswith("streams.") and ".ratio." in s.key and s.key.endswith(peer)
+            ),
+            _ge(1),
+            "faster on every figure (every ratio >= 1)",
+        )
+        for peer in DS_SYSTEMS[1:]
+    ),
 ]
 
 
