@@ -155,12 +155,19 @@ class ServerProc:
         proc.wait()
         self._exited.set()
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM) without waiting."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+
+    def stop(self, grace: float = 3.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` s: the bench needs no graceful drain, and
+        a server waiting for idle keep-alive sockets would only delay the run."""
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(10)
+                proc.wait(grace)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()

@@ -42,7 +42,7 @@ FULL: dict[str, Any] = {
 }
 SMOKE: dict[str, Any] = {
     "append": {"duration": 0.2, "rounds": 1},
-    "catchup": {"messages": 200, "size": 50, "reads": 1, "blocks": 1},
+    "catchup": {"messages": 50, "size": 50, "reads": 1, "blocks": 1},
     "sse": {"readers": 20, "streams": 5, "rate": 10, "duration": 0.5, "size": 50, "rounds": 1},
 }
 
@@ -96,6 +96,8 @@ class Section:
             print(f"   {system}: {proc.url} (pid {proc.pid})", flush=True)
 
     def _stop_all(self) -> None:
+        for proc in self.servers.values():
+            proc.terminate()
         for proc in self.servers.values():
             proc.stop()
 

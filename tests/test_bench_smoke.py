@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 
+from bench.ds_servers import PEERS
 from bench.figures import KEYS, SPECS, TARGETS
 
 REPO = Path(__file__).resolve().parent.parent
-SMOKE_TIMEOUT = 40.0
+SMOKE_TIMEOUT = 70.0  # section 8 starts four Durable Streams servers
 Smoke = tuple[dict[str, Any], str, str]
 
 
@@ -59,6 +60,10 @@ def test_smoke_run_produces_every_figure_numeric_or_skipped_with_reason(
     redis_skipped = doc["redis"]["skipped"]
     for key in KEYS:
         f = figures[key]
+        if f["status"] == "skipped" and SPECS[key].needs in PEERS:
+            # A Durable Streams peer that cannot run here (no node, no `npm ci`, no bench extra)
+            assert any(hint in f["reason"] for hint in ("npm", "node", "pip install")), f
+            continue
         if f["status"] == "skipped":
             assert SPECS[key].redis, f"{key} skipped: {f.get('reason')}"
             assert redis_skipped, f"{key} skipped though Redis ran: {f.get('reason')}"
