@@ -155,8 +155,9 @@ def aggregator(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def streams(raw: dict[str, Any]) -> dict[str, Any]:
-    """Section 8 (bench/streams.py): rates, catch-up and SSE per system, genjobs' ratios."""
-    from bench.figures import DS_SYSTEMS
+    """Section 8 (bench/streams.py): rates, catch-up and SSE per system; genjobs' ratios
+    (above 1: genjobs is faster) per round or block, against each peer."""
+    from bench.figures import DS_GENJOBS, DS_PEERS, DS_SYSTEMS
 
     keys = [k for k in SPECS if k.startswith("streams.")]
     if "error" in raw:
@@ -164,46 +165,52 @@ def streams(raw: dict[str, Any]) -> dict[str, Any]:
     skipped_systems: dict[str, str] = raw.get("skipped", {})
     out: dict[str, Any] = {}
 
-    def unavailable(system: str) -> dict[str, Any] | None:
-        reason = skipped_systems.get(system)
-        if reason is None:
-            return None
-        return error(reason) if reason.startswith("error:") else skipped(reason)
+    def unavailable(*systems: str) -> dict[str, Any] | None:
+        for system in systems:
+            reason = skipped_systems.get(system)
+            if reason is not None:
+                return error(reason) if reason.startswith("error:") else skipped(reason)
+        return None
 
-    # append: one figure per system and shape, ratios per round
+    def ratio_figures(kind: str, pairs: list[dict[str, float]], how: str, faster: str) -> None:
+        """``pairs``: per round/block, a value per system; ``faster`` "higher" or "lower"."""
+        for g in DS_GENJOBS:
+            for peer in DS_PEERS:
+                key = f"streams.{kind}.ratio.{g}.vs_{peer}"
+                vals = [
+                    (p[g] / p[peer] if faster == "higher" else p[peer] / p[g])
+                    for p in pairs
+                    if p.get(g) and p.get(peer)
+                ]
+                out[key] = unavailable(peer, g) or (
+                    figure(vals, params={"how": how}) if vals else error("not measured")
+                )
+
+    # append: one figure per system and shape; ratios per round
     rounds: list[dict[str, Any]] = raw.get("append", [])
     for size in ("50b", "1kb"):
         for w in (1, 100):
             shape = f"{size}.{w}w"
             for system in DS_SYSTEMS:
                 key = f"streams.append.{shape}.{system}.rate"
-                runs, err = _runs_ok(
-                    [r[f"{shape}.{system}"] for r in rounds if f"{shape}.{system}" in r]
-                )
+                got = [r[f"{shape}.{system}"] for r in rounds if f"{shape}.{system}" in r]
+                runs, err = _runs_ok(got)
                 p: dict[str, Any] = {"writers": w, "size": size}
                 if runs:
-                    p["server_cpu_pct"] = max(r["cpu_pct"].get("server", 0.0) for r in runs)
-                    if "nats" in runs[0]["cpu_pct"]:
-                        p["nats_cpu_pct"] = max(r["cpu_pct"]["nats"] for r in runs)
-                    p["p99_ms"] = max(r["p99_ms"] for r in runs)
+                    p["p99_ms"] = round(max(r["p99_ms"] for r in runs), 2)
+                    for proc in runs[0]["cpu_pct"]:
+                        p[f"{proc}_cpu_pct"] = max(r["cpu_pct"][proc] for r in runs)
                 out[key] = unavailable(system) or (
-                    error(err) if err or not runs else figure([r["rate"] for r in runs], params=p)
+                    error(err or "not run")
+                    if err or not runs
+                    else figure([r["rate"] for r in runs], params=p)
                 )
-            for peer in DS_SYSTEMS[1:]:
-                key = f"streams.append.{shape}.ratio.vs_{peer}"
-                ratios = []
-                for r in rounds:
-                    a, b = r.get(f"{shape}.genjobs", {}), r.get(f"{shape}.{peer}", {})
-                    if "rate" in a and "rate" in b:
-                        ratios.append(a["rate"] / b["rate"])
-                out[key] = (
-                    unavailable(peer)
-                    or unavailable("genjobs")
-                    or figure(
-                        ratios, params={"how": "per round, genjobs appends/s / peer appends/s"}
-                    )
-                )
-    # catch-up: ms per full read, over blocks; ratio of block medians, block by block
+            pairs = [
+                {s: r[f"{shape}.{s}"].get("rate", 0.0) for s in DS_SYSTEMS if f"{shape}.{s}" in r}
+                for r in rounds
+            ]
+            ratio_figures(f"append.{shape}", pairs, "per round, appends/s over appends/s", "higher")
+    # catch-up: ms per full read, median per block; ratios block by block
     catchup: dict[str, Any] = raw.get("catchup", {})
     medians: dict[str, list[float]] = {}
     for system in DS_SYSTEMS:
@@ -229,19 +236,10 @@ def streams(raw: dict[str, Any]) -> dict[str, Any]:
                 "how": "median of each block's reads",
             },
         )
-    for peer in DS_SYSTEMS[1:]:
-        key = f"streams.catchup.ratio.vs_{peer}"
-        a, b = medians.get("genjobs"), medians.get(peer)
-        out[key] = (
-            unavailable(peer)
-            or unavailable("genjobs")
-            or (
-                figure([y / x for x, y in zip(a, b, strict=False)], params={"how": "per block"})
-                if a and b
-                else error("catch-up not measured")
-            )
-        )
-    # SSE: p50/p99 over every round's thirds; ratios of pooled percentiles per round
+    n_blocks = max((len(v) for v in medians.values()), default=0)
+    pairs = [{s: v[b] for s, v in medians.items() if b < len(v)} for b in range(n_blocks)]
+    ratio_figures("catchup", pairs, "per block, peer ms over genjobs ms", "lower")
+    # SSE: p50/p99 over every run's thirds; ratios of each round's pooled percentiles
     sse_rounds: list[dict[str, Any]] = raw.get("sse", [])
     for system in DS_SYSTEMS:
         runs, err = _runs_ok([r[system] for r in sse_rounds if system in r])
@@ -260,24 +258,9 @@ def streams(raw: dict[str, Any]) -> dict[str, Any]:
                 "spread": "each run cut in three by emit time",
             }
             out[key] = figure([x for r in runs for x in r[f"{q}_ms"]], params=p)
-    for peer in DS_SYSTEMS[1:]:
-        for q in ("p50", "p99"):
-            key = f"streams.sse.ratio.{q}.vs_{peer}"
-            ratios = []
-            for r in sse_rounds:
-                a, b = r.get("genjobs", {}), r.get(peer, {})
-                if (
-                    f"{q}_ms_all" in a
-                    and f"{q}_ms_all" in b
-                    and "error" not in a
-                    and "error" not in b
-                ):
-                    ratios.append(b[f"{q}_ms_all"] / a[f"{q}_ms_all"])
-            out[key] = (
-                unavailable(peer)
-                or unavailable("genjobs")
-                or figure(
-                    ratios, params={"how": f"per round, peer pooled {q} / genjobs pooled {q}"}
-                )
-            )
+    for q in ("p50", "p99"):
+        pairs = [
+            {s: v[f"{q}_ms_all"] for s, v in r.items() if "error" not in v} for r in sse_rounds
+        ]
+        ratio_figures(f"sse.{q}", pairs, f"per round, peer pooled {q} over genjobs'", "lower")
     return out

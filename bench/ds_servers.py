@@ -1,8 +1,10 @@
 """The Durable Streams servers the bench compares, each a child process on 127.0.0.1.
 
 - ``genjobs``: the genjobs HTTP gateway (``python -m service.cli gateway``, the protocol at
-  ``/v1/stream``) on the bench's nats-server, with ``GENJOBS_AUTH=none``; everything it stores
-  is in JetStream.
+  ``/v1/stream``) on the bench's nats-server (R1), with ``GENJOBS_AUTH=none``; everything it
+  stores is in JetStream.
+- ``genjobs_r3``: the same gateway on a 3-node cluster of the section's own, stream and bucket
+  replicated 3 times: an append is acknowledged once two of three servers hold it.
 - ``ref_memory`` / ``ref_file``: the reference server ``@durable-streams/server`` (Node, from
   the repo's ``package.json``), in memory and with its file store (LMDB + append-only logs,
   ``fdatasync`` on every append).
@@ -66,7 +68,7 @@ def missing(system: str) -> str | None:
             if importlib.util.find_spec(mod) is None:
                 return f"{dist} not installed: pip install -e '.[bench]'"
         return None
-    if system == "genjobs":
+    if system in ("genjobs", "genjobs_r3"):
         if importlib.util.find_spec("service.http") is None:
             return "the genjobs HTTP gateway (service.http) is not in this tree"
         return None
@@ -178,7 +180,12 @@ class ServerProc:
 
 
 def server(
-    system: str, *, nats_url: str, prefix: str, long_poll_timeout: float = 2.0
+    system: str,
+    *,
+    nats_url: str,
+    prefix: str,
+    cluster_url: str = "",
+    long_poll_timeout: float = 2.0,
 ) -> ServerProc:
     """A not yet started server process for ``system``."""
     if system in ("ref_memory", "ref_file"):
@@ -196,9 +203,11 @@ def server(
         argv += ["--log-level", "warning", "--no-access-log"]
         env = {"LONG_POLL_TIMEOUT": str(long_poll_timeout)}
         return ServerProc(system, argv, env=env, url=url, probe="/v1/stream/__bench_probe")
-    if system == "genjobs":
+    if system in ("genjobs", "genjobs_r3"):
+        r3 = system == "genjobs_r3"
         env = {
-            "GENJOBS_NATS_URL": nats_url,
+            "GENJOBS_NATS_URL": cluster_url if r3 else nats_url,
+            "GENJOBS_STREAM_REPLICAS": "3" if r3 else "1",
             "GENJOBS_PREFIX": prefix,
             "GENJOBS_HTTP": f"127.0.0.1:{port}",
             "GENJOBS_AUTH": "none",

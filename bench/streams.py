@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.ds_servers import PEERS, SYSTEMS, ServerProc, ServerUnavailable, missing, server
-from bench.infra import REPO, Guard, cpu_seconds
+from bench.infra import REPO, Guard, NatsCluster, cpu_seconds
 
 LOAD = REPO / "bench" / "ds_load.mjs"
 SIZES = (50, 1024)
@@ -73,18 +73,31 @@ class Section:
         self.timeout = timeout
         self.servers: dict[str, ServerProc] = {}
         self.skipped: dict[str, str] = {}
+        self.cluster: NatsCluster | None = None
 
     # --- servers ------------------------------------------------------------------------------
 
+    def _start_cluster(self) -> str:
+        self.cluster = NatsCluster()
+        try:
+            url = self.cluster.start()
+        finally:
+            for pid in self.cluster.pids:
+                self.guard.watch(pid)
+        return url
+
     def _start_all(self) -> None:
+        cluster_url = ""
         for system in SYSTEMS:
             reason = missing(system)
             if reason is not None:
                 self.skipped[system] = reason
                 print(f"   {system}: skipped ({reason})", flush=True)
                 continue
+            if system == "genjobs_r3":
+                cluster_url = self._start_cluster()
             prefix = f"bds{uuid.uuid4().hex[:8]}"
-            proc = server(system, nats_url=self.nats_url, prefix=prefix)
+            proc = server(system, nats_url=self.nats_url, prefix=prefix, cluster_url=cluster_url)
             try:
                 proc.start()
             except ServerUnavailable as e:
@@ -100,6 +113,8 @@ class Section:
             proc.terminate()
         for proc in self.servers.values():
             proc.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
 
     # --- the load generator -------------------------------------------------------------------
 
@@ -125,6 +140,8 @@ class Section:
         pids = {"server": self.servers[system].pid}
         if system == "genjobs":
             pids["nats"] = self.nats_pid
+        if system == "genjobs_r3" and self.cluster is not None:
+            pids.update({f"nats{i}": pid for i, pid in enumerate(self.cluster.pids)})
         return {k: cpu_seconds(p) for k, p in pids.items() if p is not None}
 
     def _measured(self, system: str, mode: str, params: Path) -> dict[str, Any]:
