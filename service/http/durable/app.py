@@ -22,21 +22,16 @@ from service.directget import DirectGetError, ReplayTimeout
 
 from . import protocol as p
 from .access import Principal, may_access, principal_of
+from .lifecycle import Lifecycle
 from .live import LiveWatchers
-from .storage import (
-    AppendRequest,
-    CreateSpec,
-    DsError,
-    DurableStore,
-    Producer,
-    ReadResult,
-    StreamRecord,
-)
+from .model import AppendRequest, CreateSpec, DsError, Producer, ReadResult, StreamRecord
+from .storage import DurableStore
 
 log = logging.getLogger("genjobs.http.durable")
 
 STORE: Final = web.AppKey("ds_store", DurableStore)
 LIVE: Final = web.AppKey("ds_live", LiveWatchers)
+LIFE: Final = web.AppKey("ds_life", Lifecycle)
 SETTINGS: Final = web.AppKey("ds_settings", Settings)
 MOUNT: Final = web.AppKey("ds_mount", str)
 
@@ -81,6 +76,10 @@ class DurableHandlers:
         return self.app[STORE]
 
     @property
+    def life(self) -> Lifecycle:
+        return self.app[LIFE]
+
+    @property
     def live(self) -> LiveWatchers:
         return self.app[LIVE]
 
@@ -122,7 +121,7 @@ class DurableHandlers:
     async def _stream(
         self, request: web.Request, name: str, *, touch: bool
     ) -> tuple[StreamRecord, int]:
-        rec, rev = await self.store.resolve(name, touch=touch)
+        rec, rev = await self.life.resolve(name, touch=touch)
         if not may_access(rec.user, rec.tenant, principal_of(request)):
             raise DsError(403, "Not your stream")
         return rec, rev
@@ -188,7 +187,7 @@ class DurableHandlers:
         )
         if spec.fork_from is not None:
             await self._check_source(request, spec.fork_from)
-        outcome = await self.store.create(name, spec)
+        outcome = await self.life.create(name, spec)
         if not may_access(outcome.record.user, outcome.record.tenant, who):
             raise DsError(403, "Not your stream")
         headers = {
@@ -267,7 +266,7 @@ class DurableHandlers:
 
     async def delete(self, request: web.Request, name: str) -> web.StreamResponse:
         await self._stream(request, name, touch=False)
-        await self.store.delete(name)
+        await self.life.delete(name)
         return web.Response(status=204)
 
     # --- GET ------------------------------------------------------------------------------
@@ -456,7 +455,8 @@ def build_app(nc: NATS, settings: Settings, *, mount: str = "/v1/stream") -> web
     app = web.Application(middlewares=[_errors])
     app[SETTINGS] = settings
     app[MOUNT] = mount
-    app[STORE] = DurableStore(nc, settings)
+    app[STORE] = store = DurableStore(nc, settings)
+    app[LIFE] = Lifecycle(store)
     app[LIVE] = LiveWatchers(nc, settings)
     handlers = DurableHandlers(app)
     app.router.add_route("*", "/{name:.+}", handlers.dispatch)
@@ -474,7 +474,7 @@ async def _stop_readers(app: web.Application) -> None:
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     store, live, settings = app[STORE], app[LIVE], app[SETTINGS]
     await store.open()
-    sweeper = asyncio.create_task(_sweep_forever(store, settings.sweep_interval))
+    sweeper = asyncio.create_task(_sweep_forever(app[LIFE], settings.sweep_interval))
     try:
         yield
     finally:
@@ -484,12 +484,12 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         await store.close()
 
 
-async def _sweep_forever(store: DurableStore, interval: float) -> None:
+async def _sweep_forever(life: Lifecycle, interval: float) -> None:
     """Expire streams nobody touches any more (access expires them lazily, too)."""
     while True:
         await asyncio.sleep(interval)
         try:
-            swept = await store.sweep()
+            swept = await life.sweep()
         except Exception:
             log.exception("durable streams sweep failed; retrying in %.0f s", interval)
         else:
