@@ -62,6 +62,9 @@ class Settings:
     shutdown_grace: float = 10.0
     request_timeout: float = 5.0
     max_request_bytes: int = 1024 * 1024
+    long_poll_timeout: float = 20.0
+    """Durable Streams: how long a long-poll waits for data before answering 204, and the
+    keep-alive interval of an SSE reader (docs/http.md)."""
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -86,6 +89,22 @@ class Settings:
     @property
     def snapshots_bucket(self) -> str:
         return f"{self.prefix}-snapshots"
+
+    @property
+    def ds_stream_name(self) -> str:
+        """Durable Streams data: one subject per stream incarnation (docs/http.md)."""
+        return f"{self.prefix.upper().replace('-', '_')}_DS"
+
+    @property
+    def ds_bucket(self) -> str:
+        """Durable Streams metadata: stream records, state snapshots, last access."""
+        return f"{self.prefix}-ds"
+
+    def ds_subject(self, incarnation: str) -> str:
+        return f"{self.prefix}.ds.{incarnation}"
+
+    def ds_live_subject(self, incarnation: str) -> str:
+        return f"{self.prefix}.dslive.{incarnation}"
 
     def events_subject(self, job_id: str) -> str:
         return f"{self.prefix}.events.{job_id}"

@@ -352,9 +352,16 @@ class DirectGetClient:
         batch: int = 500,
         timeout: float = 5.0,
         owner: object = None,
+        max_bytes: int | None = None,
     ) -> tuple[list[StoredMsg], int]:
-        """See :func:`direct_get_batch`; ``owner`` tags the request for :meth:`fail_owned`."""
-        body = {"seq": max(start_seq, 1), "next_by_subj": subject, "batch": batch}
+        """See :func:`direct_get_batch`; ``owner`` tags the request for :meth:`fail_owned`.
+
+        ``max_bytes`` caps the batch's payload bytes as the server counts them (it always
+        answers with at least one message); the rest counts as pending.
+        """
+        body: dict[str, Any] = {"seq": max(start_seq, 1), "next_by_subj": subject, "batch": batch}
+        if max_bytes is not None:
+            body["max_bytes"] = max_bytes
         return await self._request(stream, body, subject, batch=True, timeout=timeout, owner=owner)
 
     async def last_msg(

@@ -101,6 +101,30 @@ def cleanup_stream_config(s: Settings) -> StreamConfig:
     )
 
 
+def ds_stream_config(s: Settings) -> StreamConfig:
+    """Durable Streams over HTTP: one subject per stream incarnation, one message per append.
+
+    No age or size limit: a Durable Stream lives until it is deleted or its own TTL expires
+    (enforced by the gateway). Republished like the event log, for live readers' wake-ups.
+    """
+    return StreamConfig(
+        name=s.ds_stream_name,
+        description="genjobs: Durable Streams, one subject per stream incarnation",
+        subjects=[f"{s.prefix}.ds.*"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=s.stream_replicas,
+        discard=DiscardPolicy.NEW,
+        max_age=0.0,
+        max_bytes=s.stream_max_bytes,
+        allow_direct=True,
+        allow_rollup_hdrs=False,
+        # Appends are fenced with Nats-Expected-Last-Subject-Sequence, not Msg-Id.
+        duplicate_window=1.0,
+        republish=RePublish(src=f"{s.prefix}.ds.*", dest=f"{s.prefix}.dslive.{{{{wildcard(1)}}}}"),
+    )
+
+
 @dataclass(frozen=True)
 class BucketSpec:
     name: str
@@ -206,6 +230,20 @@ async def ensure_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) -
     diffs = _diff(want, info.config)
     if diffs:
         raise ProvisionMismatch(stream, diffs)
+
+
+def ds_bucket_spec(s: Settings) -> BucketSpec:
+    return BucketSpec(s.ds_bucket, None)
+
+
+async def provision_durable(js: JetStreamContext, s: Settings) -> None:
+    """The Durable Streams stream and bucket (the HTTP gateway's), idempotently.
+
+    Raises:
+        ProvisionMismatch: one of them exists with settings genjobs did not ask for.
+    """
+    await ensure_stream(js, ds_stream_config(s))
+    await ensure_bucket(js, ds_bucket_spec(s), s.stream_replicas)
 
 
 async def provision(js: JetStreamContext, s: Settings) -> None:

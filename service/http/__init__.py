@@ -1,0 +1,1 @@
+"""The HTTP gateway: LibreChat routes and Durable Streams over the NATS adapter."""

@@ -1,0 +1,404 @@
+"""Durable Streams in JetStream: appends (validated, fenced, exactly once) and reads.
+
+The commit point of an append is its publish. Its producer tuple (``Producer-Id/Epoch/Seq``),
+its ``Stream-Seq`` and its close flag travel as headers of the same message, so the state
+that validates the next append is a fold of the subject's messages; the KV snapshot only saves
+re-reading them. Every publish carries ``Nats-Expected-Last-Subject-Sequence`` = the last
+sequence of the state it was validated against: a writer elsewhere that appended first makes
+it fail, and the append is re-validated against the newer state and retried. A refusal or a
+duplicate verdict is only given on a state just re-read from the stream, never on this
+process's cache alone. The storage layout is in :mod:`.model`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+import weakref
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Final
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from service.config import Settings
+from service.directget import DirectGetClient, StoredMsg, client_for
+from service.provision import provision_durable
+from service.publisher import (
+    BACKOFF_FIRST,
+    BACKOFF_MAX,
+    HDR_EXPECTED_LAST_SUBJ_SEQ,
+    WRONG_LAST_SEQUENCE,
+    FencedPublisher,
+    PublishRejected,
+    PublishTimeout,
+)
+
+from .model import (
+    M_APPEND,
+    M_CLOSE,
+    AppendOutcome,
+    AppendRequest,
+    DsError,
+    ReadResult,
+    StreamRecord,
+    StreamState,
+    decode_record,
+    decode_snapshot,
+    encode,
+    key_name,
+    name_key,
+)
+from .rules import as_stored, decide, message_headers, success
+
+log = logging.getLogger("genjobs.http.durable")
+
+READ_BATCH: Final = 1000
+READ_MAX_BYTES: Final = 4 * 1024 * 1024
+"""A catch-up response stops after the message that crosses this many bytes (always one)."""
+SNAPSHOT_EVERY: Final = 64
+"""Appends between two state snapshots in KV."""
+STATE_CACHE: Final = 10_000
+MAX_FENCE_RETRIES: Final = 1000
+
+
+class DurableStore:
+    """Every read and write of Durable Streams data, over the project's NATS adapter.
+
+    One per gateway process; any number of gateways may serve the same streams at once.
+    """
+
+    def __init__(self, nc: NATS, settings: Settings) -> None:
+        self.nc = nc
+        self.s = settings
+        self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout)
+        self.dg: DirectGetClient = client_for(nc)
+        self.publisher = FencedPublisher(
+            nc, timeout=settings.publish_timeout, outage_budget=settings.publish_outage_budget
+        )
+        self.stream = settings.ds_stream_name
+        self.kv_stream = f"KV_{settings.ds_bucket}"
+        self.kv_prefix = f"$KV.{settings.ds_bucket}."
+        self.kv: KeyValue
+        self._states: OrderedDict[str, StreamState] = OrderedDict()
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._access: dict[str, float] = {}  # incarnation -> last access known here
+        self._access_written: dict[str, float] = {}
+
+    async def open(self) -> None:
+        """Provision the stream and bucket (idempotent) and start the publisher.
+
+        Raises:
+            ProvisionMismatch: one of them exists with other settings.
+        """
+        await provision_durable(self.js, self.s)
+        self.kv = await self.js.key_value(self.s.ds_bucket)
+        await self.publisher.start()
+
+    async def close(self) -> None:
+        await self.publisher.close()
+
+    @property
+    def max_payload(self) -> int:
+        """The largest append body: the connection's max payload minus room for headers."""
+        return max(0, int(self.nc.max_payload) - 4096)
+
+    def subject(self, inc: str) -> str:
+        return self.s.ds_subject(inc)
+
+    async def kv_get(self, key: str) -> tuple[bytes, int] | None:
+        """A key's value and revision (Direct Get on the bucket's stream); ``None``: no key."""
+        m = await self.dg.last_msg(
+            self.kv_stream, self.kv_prefix + key, timeout=self.s.request_timeout
+        )
+        if m is None or m.header("KV-Operation") is not None:
+            return None
+        return m.data, m.seq
+
+    async def lookup(self, name: str) -> tuple[StreamRecord, int] | None:
+        got = await self.kv_get(name_key(name))
+        if got is None:
+            return None
+        return decode_record(got[0]), got[1]
+
+    async def update(self, name: str, rec: StreamRecord, rev: int) -> int | None:
+        """Revision-checked write of a record; ``None``: it changed meanwhile."""
+        try:
+            return int(await self.kv.update(name_key(name), encode(rec), last=rev))
+        except KeyWrongLastSequenceError:
+            return None
+
+    async def expired(self, rec: StreamRecord) -> bool:
+        now = time.time()
+        if rec.expires_ts is not None and now >= rec.expires_ts:
+            return True
+        if rec.ttl is None:
+            return False
+        known = max(rec.created, self._access.get(rec.inc, 0.0))
+        if now < known + rec.ttl:
+            return False
+        got = await self.kv_get("a." + rec.inc)  # another gateway may have seen it since
+        if got is not None:
+            known = max(known, float(got[0]))
+            self._access[rec.inc] = known
+        return now >= known + rec.ttl
+
+    async def touch(self, rec: StreamRecord) -> None:
+        """Reset a TTL stream's sliding window (reads and writes do; HEAD does not).
+
+        Writes at most every tenth of the TTL (and every minute at most), so a busy stream
+        costs one KV write per window, not per request.
+        """
+        if rec.ttl is None:
+            return
+        now = time.time()
+        self._access[rec.inc] = now
+        last = self._access_written.get(rec.inc, rec.created)
+        if now - last < min(60.0, rec.ttl / 10):
+            return
+        self._access_written[rec.inc] = now
+        await self.kv.put("a." + rec.inc, repr(now).encode())
+
+    def _lock(self, inc: str) -> asyncio.Lock:
+        lock = self._locks.get(inc)
+        if lock is None:
+            lock = self._locks[inc] = asyncio.Lock()
+        return lock
+
+    async def _catch_up(
+        self, rec: StreamRecord, st: StreamState, look_for: str | None = None
+    ) -> tuple[StreamState, int | None]:
+        """Fold the messages stored after ``st.tail``; also reports the sequence of the
+        message carrying append id ``look_for`` if it is among them."""
+        found: int | None = None
+        subject = self.subject(rec.inc)
+        while True:
+            msgs, pending = await self.dg.get_batch(
+                self.stream,
+                subject,
+                st.tail + 1,
+                READ_BATCH,
+                timeout=self.s.request_timeout,
+                max_bytes=READ_MAX_BYTES,
+            )
+            for m in msgs:
+                st.apply(m)
+                if look_for is not None and m.header(M_APPEND) == look_for:
+                    found = m.seq
+            if not msgs or pending == 0:
+                break
+        self._remember(rec.inc, st)
+        return st, found
+
+    def _remember(self, inc: str, st: StreamState) -> None:
+        self._states[inc] = st
+        self._states.move_to_end(inc)
+        while len(self._states) > STATE_CACHE:
+            self._states.popitem(last=False)
+
+    async def _state(self, rec: StreamRecord) -> tuple[StreamState, bool]:
+        """The stream's state as this process knows it, and whether it was just read."""
+        st = self._states.get(rec.inc)
+        if st is not None:
+            return st, False
+        got = await self.kv_get("c." + rec.inc)
+        st = StreamState.of(decode_snapshot(got[0])) if got else StreamState()
+        st, _ = await self._catch_up(rec, st)
+        return st, True
+
+    async def _snapshot(self, rec: StreamRecord, st: StreamState) -> None:
+        if st.unsnapped < SNAPSHOT_EVERY and not st.closed:
+            return
+        st.unsnapped = 0
+        await self.kv.put("c." + rec.inc, encode(st.snapshot()))
+
+    async def append(self, rec: StreamRecord, req: AppendRequest) -> AppendOutcome:
+        """Validate against the stream's state and store, exactly once, fenced.
+
+        Raises:
+            DsError: 503 JetStream unavailable past the outage budget, 500 refused.
+        """
+        async with self._lock(rec.inc):
+            st, fresh = await self._state(rec)
+            append_id = uuid.uuid4().hex
+            loop = asyncio.get_running_loop()
+            first_failure: float | None = None
+            backoff = BACKOFF_FIRST
+            for _ in range(MAX_FENCE_RETRIES):
+                verdict = decide(st, req)
+                if verdict is not None:
+                    if fresh:
+                        if isinstance(verdict, DsError):
+                            raise verdict
+                        return verdict
+                    # A refusal or a duplicate must not rest on a stale cache: another
+                    # gateway may have appended. Only a publish is fenced by the server.
+                    st, _ = await self._catch_up(rec, st)
+                    fresh = True
+                    continue
+                headers = message_headers(req, append_id)
+                headers[HDR_EXPECTED_LAST_SUBJ_SEQ] = str(st.tail)
+                try:
+                    seq = await self.publisher.publish_once(
+                        self.subject(rec.inc), req.payload or b"", headers
+                    )
+                except PublishRejected as e:
+                    if e.err_code == WRONG_LAST_SEQUENCE:
+                        st, _ = await self._catch_up(rec, st)
+                        fresh = True
+                        continue
+                    if not e.transient:
+                        raise DsError(500, f"append refused: {e.description}") from e
+                    error: Exception = e
+                except PublishTimeout as e:
+                    error = e
+                    try:
+                        st, landed = await self._catch_up(rec, st, look_for=append_id)
+                    except Exception as read_error:
+                        log.warning("read-back after an unanswered append failed: %r", read_error)
+                    else:
+                        fresh = True
+                        if landed is not None:
+                            return success(req, landed, st)
+                else:
+                    st.apply(as_stored(seq, headers))
+                    self._remember(rec.inc, st)
+                    await self._snapshot(rec, st)
+                    return success(req, seq, st)
+                now = loop.time()
+                first_failure = now if first_failure is None else first_failure
+                if now - first_failure > self.s.publish_outage_budget:
+                    raise DsError(503, f"stream storage unavailable: {error}") from error
+                log.warning("append to %s failed: %r; retrying", rec.inc, error)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+            raise DsError(503, "append kept losing the race against other writers")
+
+    async def read(
+        self,
+        rec: StreamRecord,
+        after: int,
+        *,
+        max_bytes: int = READ_MAX_BYTES,
+        max_msgs: int = READ_BATCH,
+    ) -> ReadResult:
+        """The messages after sequence ``after``: inherited segments first, then the
+        stream's own; stops after the message that reaches ``max_bytes`` or ``max_msgs``."""
+        out: list[StoredMsg] = []
+        size = 0
+        x = after
+        timeout = self.s.request_timeout
+        for seg in rec.segments:
+            if x >= seg.cap:
+                continue
+            start = max(x, seg.lo) + 1
+            while True:
+                msgs, pending = await self.dg.get_batch(
+                    self.stream,
+                    self.subject(seg.inc),
+                    start,
+                    max_msgs - len(out),
+                    timeout=timeout,
+                    max_bytes=max(1, max_bytes - size),
+                )
+                beyond = False
+                for m in msgs:
+                    if m.seq > seg.cap:
+                        beyond = True
+                        break
+                    out.append(m)
+                    size += len(m.data)
+                    x = m.seq
+                    if size >= max_bytes or len(out) >= max_msgs:
+                        return ReadResult(out, x, False, False)
+                if beyond or not msgs or pending == 0:
+                    break
+                start = x + 1
+        # The stream's own subject, from the message *at* the offset when there is one: it
+        # tells whether the stream was closed there without another request.
+        subject = self.subject(rec.inc)
+        probe = max(x, rec.base, 1)
+        last_seen: StoredMsg | None = None
+        while True:
+            msgs, pending = await self.dg.get_batch(
+                self.stream,
+                subject,
+                probe,
+                max_msgs - len(out) + 1,
+                timeout=timeout,
+                max_bytes=max(1, max_bytes - size),
+            )
+            for i, m in enumerate(msgs):
+                last_seen = m
+                if m.seq <= x:
+                    continue
+                out.append(m)
+                size += len(m.data)
+                x = m.seq
+                if size >= max_bytes or len(out) >= max_msgs:
+                    done = i == len(msgs) - 1 and pending == 0
+                    closed = done and m.header(M_CLOSE) is not None
+                    return ReadResult(out, x, done, closed)
+            if not msgs or pending == 0:
+                break
+            probe = x + 1
+        if last_seen is None:
+            last_seen = await self.dg.last_msg(self.stream, subject, timeout=timeout)
+            if last_seen is not None and last_seen.seq > x:
+                # Stored between the two requests: read again rather than skip it.
+                return await self.read(rec, after, max_bytes=max_bytes, max_msgs=max_msgs)
+        closed = last_seen is not None and last_seen.header(M_CLOSE) is not None
+        if out:  # nothing left after x but (for a fork) the gap up to its fork offset
+            return ReadResult(out, max(x, rec.base), True, closed)
+        tail = last_seen.seq if last_seen is not None else rec.base
+        return ReadResult(out, max(tail, rec.base), True, closed)
+
+    async def tail(self, rec: StreamRecord) -> tuple[int, bool]:
+        """The stream's tail sequence and whether it is closed."""
+        last = await self.dg.last_msg(
+            self.stream, self.subject(rec.inc), timeout=self.s.request_timeout
+        )
+        if last is None:
+            return rec.base, False
+        return max(last.seq, rec.base), last.header(M_CLOSE) is not None
+
+    async def first_data_after(self, rec: StreamRecord, after: int) -> StoredMsg | None:
+        """The first message with data after ``after`` (for a fork's sub-offset)."""
+        x = after
+        while True:
+            res = await self.read(rec, x, max_msgs=64)
+            for m in res.msgs:
+                if m.data:
+                    return m
+            if res.up_to_date or not res.msgs:
+                return None
+            x = res.next_seq
+
+    async def put_initial(
+        self, subject: str, payload: bytes, headers: dict[str, str], last: int
+    ) -> int:
+        h = dict(headers)
+        h[HDR_EXPECTED_LAST_SUBJ_SEQ] = str(last)
+        try:
+            return await self.publisher.publish_once(subject, payload, h)
+        except (PublishRejected, PublishTimeout) as e:
+            raise DsError(503, f"stream storage unavailable: {e}") from e
+
+    async def purge(self, inc: str) -> None:
+        self._states.pop(inc, None)
+        self._access.pop(inc, None)
+        self._access_written.pop(inc, None)
+        await self.js.purge_stream(self.stream, subject=self.subject(inc))
+        for key in ("c." + inc, "a." + inc):  # no purge markers left behind, unlike kv.purge
+            await self.js.purge_stream(self.kv_stream, subject=self.kv_prefix + key)
+
+    async def names(self) -> AsyncIterator[str]:
+        """Every stream name with a record (the sweeper's list)."""
+        info = await self.js.stream_info(self.kv_stream, subjects_filter=self.kv_prefix + "n.*")
+        for subject in info.state.subjects or {}:
+            yield key_name(subject[len(self.kv_prefix) :])
