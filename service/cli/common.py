@@ -17,9 +17,9 @@ from typing import Any, Final, TypeVar
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 
+from schemas.errors import Unavailable
+from service.client.api import NoReplica, request
 from service.config import Settings
 
 log = logging.getLogger("genjobs.cli")
@@ -145,28 +145,16 @@ async def api_request(
     Raises:
         CliError (exit 3): no replica answers, or none answered in time.
     """
-    subject = f"{settings.prefix}.api.{name}"
     try:
-        msg = await nc.request(
-            subject, _enc.encode(body), timeout=timeout or max(settings.request_timeout, 10.0)
+        return await request(
+            nc, settings, name, body, timeout or max(settings.request_timeout, 10.0)
         )
-    except NoRespondersError as e:
+    except NoReplica as e:
         raise CliError(
-            f"no genjobs replica serves {subject} (is `genjobs serve` running with prefix "
-            f"{settings.prefix!r}?)",
-            EXIT_NO_NATS,
+            f"{e} (is `genjobs serve` running with prefix {settings.prefix!r}?)", EXIT_NO_NATS
         ) from e
-    except (NatsTimeout, TimeoutError) as e:
-        raise CliError(f"no answer on {subject} in time", EXIT_NO_NATS) from e
-    try:
-        reply = msgspec.json.decode(msg.data) if msg.data else None
-    except msgspec.DecodeError:
-        reply = msg.data.decode(errors="replace")
-    headers = msg.headers or {}
-    failed = "Nats-Service-Error-Code" in headers or (
-        isinstance(reply, dict) and set(reply) == {"error"}
-    )
-    return not failed, reply
+    except Unavailable as e:
+        raise CliError(str(e), EXIT_NO_NATS) from e
 
 
 def print_json(obj: Any, stream: Any = None) -> None:

@@ -120,6 +120,39 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to keep trying to reach an external NATS at start (default: 10)",
     )
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="also serve the HTTP gateway (SSE, LibreChat routes, /readyz, /metrics) on this "
+        "address, sharing the replica's NATS connection (settings: docs/http.md)",
+    )
+    _log_level(p)
+    _uvloop(p)
+
+    p = sub.add_parser(
+        "gateway",
+        parents=[common],
+        formatter_class=fmt,
+        help="run the HTTP gateway: SSE with resume by seq, LibreChat's routes, health, metrics",
+        description="Serve genjobs over HTTP as a plain NATS client (stateless: run as many as "
+        "you like behind a load balancer): GET <prefix>/stream/:id (SSE; Last-Event-ID, "
+        "?after=SEQ, ?resume=true), /active, /status/:id, POST /abort, /healthz, /readyz, "
+        "/metrics. Needs GENJOBS_JWT_SECRET or GENJOBS_JWT_JWKS_URL, or GENJOBS_AUTH=none for "
+        "development. Every setting: docs/http.md.",
+        epilog=EXIT_CODES,
+    )
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="listen address (default: $GENJOBS_HTTP or 127.0.0.1:8080)",
+    )
+    p.add_argument(
+        "--connect-wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to keep trying to reach NATS at start (default: 10)",
+    )
     _log_level(p)
     _uvloop(p)
 
@@ -272,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
             from service.cli.serve import serve
 
             return serve(args)
+        if args.command == "gateway":
+            from service.cli.gateway import gateway
+
+            return gateway(args)
         if args.command == "demo":
             from service.cli.demo import main as demo_main
 

@@ -31,11 +31,12 @@ from service.cli.common import (
     settings_from,
 )
 from service.config import Settings
+from service.http.config import HttpSettings
 
 log = logging.getLogger("genjobs.serve")
 
 
-def _setup_logging(level: str) -> None:
+def setup_logging(level: str) -> None:
     logging.basicConfig(
         stream=sys.stdout,
         level=getattr(logging, level.upper()),
@@ -90,22 +91,25 @@ async def _start_replica(
             await asyncio.sleep(1.0)
 
 
-async def _serve(settings: Settings, connect_wait: float) -> int:
+async def _serve(settings: Settings, connect_wait: float, hs: HttpSettings | None = None) -> int:
     from service.server.api import ServiceApi
 
     assert settings.nats_url is not None
     stop = asyncio.Event()
     starting = True
     lost = False
+    http = _ReplicaHttp()
 
     async def on_error(e: Exception) -> None:
         log.warning("nats: %s", e)
 
     async def on_disconnect() -> None:
+        http.disconnected()
         if not stop.is_set() and not starting:
             log.warning("disconnected from NATS; reconnecting")
 
     async def on_reconnect() -> None:
+        http.reconnected()
         log.info("reconnected to NATS")
 
     async def on_closed() -> None:
@@ -132,6 +136,8 @@ async def _serve(settings: Settings, connect_wait: float) -> int:
     try:
         api = ServiceApi(replica)
         await api.start()
+        if hs is not None:
+            await http.start(nc, replica, settings, hs)
         if not stop.is_set():
             print(
                 f"{READY_MARK} replica {settings.replica_id} on {redact_url(settings.nats_url)} "
@@ -143,6 +149,7 @@ async def _serve(settings: Settings, connect_wait: float) -> int:
     finally:
         # The shutdown sequence: stop taking requests, end the jobs, flush, drain.
         stop.set()
+        await http.stop()
         if api is not None:
             await api.stop()
         await replica.stop()
@@ -153,6 +160,51 @@ async def _serve(settings: Settings, connect_wait: float) -> int:
                 log.warning("draining the NATS connection failed: %s", e)
     log.info("stopped")
     return EXIT_NO_NATS if lost else EXIT_OK
+
+
+class _ReplicaHttp:
+    """The gateway inside a replica (``serve --http``): same connection, the replica's outage
+    state in /readyz, its publish acks in /metrics."""
+
+    def __init__(self) -> None:
+        self.server: Any = None
+        self.watch: Any = None
+        self.hub: Any = None
+
+    async def start(self, nc: NATS, replica: Any, settings: Settings, hs: HttpSettings) -> None:
+        """Raises: CliError (exit 2) when the address cannot be listened on."""
+        from service.cli.gateway import outage_readiness, start_server
+        from service.http.app import HUB_KEY, METRICS_KEY, GatewayServer, build_app
+        from service.http.health import ConnectionWatch
+
+        self.watch = ConnectionWatch(nc)
+        app = build_app(
+            nc,
+            settings,
+            hs,
+            watch=self.watch,
+            readiness=outage_readiness(self.watch, settings.publish_outage_budget),
+        )
+        self.hub = app[HUB_KEY]
+        replica.store.publisher.on_ack = app[METRICS_KEY].ack_observer
+        self.server = GatewayServer(app, hs)
+        url = await start_server(self.server)
+        print(f"genjobs: http on {url}", flush=True)
+
+    def disconnected(self) -> None:
+        if self.watch is not None:
+            self.watch.disconnected()
+
+    def reconnected(self) -> None:
+        if self.watch is not None:
+            self.watch.reconnected()
+        if self.hub is not None:
+            self.hub.on_reconnected()
+
+    async def stop(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            await server.stop()
 
 
 def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
@@ -166,8 +218,13 @@ def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
 def serve(args: argparse.Namespace) -> int:
     from service.nats.embedded import EmbeddedServer, EmbeddedServerError
 
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level)
     settings = settings_from(args)
+    hs = None
+    if getattr(args, "http", None):
+        from service.cli.gateway import http_settings_from
+
+        hs = http_settings_from(args.http, node_id=settings.replica_id)
     embedded: EmbeddedServer | None = None
     # Until the event loop takes the signals over, SIGTERM unwinds like Ctrl-C, so the embedded
     # nats-server is never left behind.
@@ -181,7 +238,7 @@ def serve(args: argparse.Namespace) -> int:
                 raise CliError(f"cannot start nats-server: {e}", EXIT_NO_NATS) from e
             log.info("embedded nats-server on %s (data in %s)", url, args.data_dir)
             settings = settings.with_(nats_url=url)
-        return run_async(lambda: _serve(settings, args.connect_wait), not args.no_uvloop)
+        return run_async(lambda: _serve(settings, args.connect_wait, hs), not args.no_uvloop)
     finally:
         if embedded is not None:
             embedded.stop()

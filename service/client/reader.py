@@ -412,6 +412,21 @@ class LiveHub:
             raise ValueError(f"after_seq must be >= 0, got {after_seq}")
         return Reader(self, job_id, after_seq)
 
+    async def last_event(self, job_id: str) -> ReadEvent | None:
+        """The job's last stored event (its terminal one once the job ended), or ``None``.
+
+        A gateway uses it to tell a client that resumes after the terminal event that nothing
+        more will come. It rides out an outage as a replay does.
+
+        Raises:
+            ValueError: ``job_id`` is not a safe identifier.
+            HubClosed, ReplayTimeout, DirectGetError: see :meth:`_ride_out`.
+        """
+        if not _ID_RE.fullmatch(job_id):
+            raise ValueError(f"invalid job id {job_id[:40]!r}")
+        last = await self._last_msg(job_id)
+        return None if last is None else _stored_event(last)
+
     def watchers(self, job_id: str) -> int:
         """How many readers of ``job_id`` are open in this hub."""
         feed = self._feeds.get(job_id)

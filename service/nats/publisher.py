@@ -102,6 +102,8 @@ class FencedPublisher:
         self._outage_budget = outage_budget
         self.outage_retries = 0
         """Attempts retried because of an outage (timeouts, 503, unanswered read-backs)."""
+        self.on_ack: Callable[[float], None] | None = None
+        """Called with the seconds from publish to ack of every stored event (metrics)."""
         self._prefix = nc.new_inbox()
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[_PubAck]] = {}
@@ -155,6 +157,7 @@ class FencedPublisher:
         fut: asyncio.Future[_PubAck] = loop.create_future()
         self._pending[token] = fut
         timer = loop.call_later(self._timeout, self._expire, token)
+        sent = loop.time()
         try:
             await self._nc.publish(
                 subject, payload, reply=f"{self._prefix}.{token}", headers=headers
@@ -165,6 +168,8 @@ class FencedPublisher:
             self._pending.pop(token, None)
         if ack.error is not None:
             raise PublishRejected(ack.error.err_code, ack.error.description, ack.error.code)
+        if self.on_ack is not None:
+            self.on_ack(loop.time() - sent)
         return ack.seq
 
     async def publish_fenced(
