@@ -25,7 +25,7 @@ from pathlib import Path
 import nats
 
 from service.config import Settings
-from service.embedded import EmbeddedServer
+from service.nats.embedded import EmbeddedServer
 from service.http.durable.standalone import start_site
 
 REPO = Path(__file__).resolve().parent.parent
