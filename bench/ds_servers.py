@@ -86,6 +86,7 @@ class ServerProc:
         env: dict[str, str] | None = None,
         url: str | None = None,
         probe: str | None = None,
+        ready_mark: str | None = None,
         cleanup: tempfile.TemporaryDirectory[str] | None = None,
     ) -> None:
         self.system = system
@@ -93,6 +94,7 @@ class ServerProc:
         self.env = {**os.environ, **(env or {})}
         self.url = url or ""
         self.probe = probe
+        self.ready_mark = ready_mark
         self._cleanup = cleanup
         self._proc: subprocess.Popen[str] | None = None
         self.lines: deque[str] = deque(maxlen=60)
@@ -151,8 +153,12 @@ class ServerProc:
         assert proc.stdout is not None
         for line in proc.stdout:
             self.lines.append(line.rstrip())
-            if line.startswith("READY ") and not self._ready.is_set():
+            if self._ready.is_set():
+                continue
+            if line.startswith("READY "):
                 self.url = line.split()[1].strip()
+                self._ready.set()
+            elif self.ready_mark and self.ready_mark in line:
                 self._ready.set()
         proc.wait()
         self._exited.set()
@@ -215,5 +221,5 @@ def server(
             "GENJOBS_LOG_LEVEL": "warning",
         }
         argv = [sys.executable, "-m", "service.cli", "gateway"]
-        return ServerProc(system, argv, env=env, url=url, probe="/healthz")
+        return ServerProc(system, argv, env=env, url=url, ready_mark="genjobs: ready gateway")
     raise ValueError(system)

@@ -34,7 +34,7 @@ import msgspec
 
 from service.config import Settings
 from tests.faults.conftest import REPO, free_port
-from tests.faults.procs import settings_env
+from tests.faults.procs import READY_MARK, settings_env
 
 JSON = "application/json"
 RETRY_BACKOFF = 0.05
@@ -52,6 +52,8 @@ class GatewayProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.lines: deque[str] = deque(maxlen=400)
         self._thread: threading.Thread | None = None
+        self.ready = threading.Event()
+        self.exited = threading.Event()
         self.kills = 0
 
     @property
@@ -69,32 +71,28 @@ class GatewayProcess:
             "GENJOBS_HTTP": f"127.0.0.1:{self.port}",
             "GENJOBS_AUTH": "none",
             "GENJOBS_LONG_POLL_TIMEOUT": str(self.s.long_poll_timeout),
+            "GENJOBS_LOG_LEVEL": "warning",
             "PYTHONUNBUFFERED": "1",
         }
 
     async def start(self, timeout: float = 30.0) -> None:
-        """Start it and wait (bounded) until ``/readyz`` answers 200.
+        """Start it and wait (bounded) for its ready line (it listens and has provisioned).
 
         Raises: RuntimeError with the process's output when it exits or never gets ready.
         """
+        self.ready.clear()
+        self.exited.clear()
         self._spawn()
-        try:
-            async with asyncio.timeout(timeout), aiohttp.ClientSession() as http:
-                while True:
-                    if not self.alive:
-                        raise RuntimeError(f"gateway {self.name} exited:\n{self.tail()}")
-                    try:
-                        async with http.get(f"{self.url}/readyz") as r:
-                            if r.status == 200:
-                                return
-                    except CLIENT_ERRORS:
-                        pass  # not listening yet
-                    await asyncio.sleep(0.05)  # poll: a child process offers no readiness event
-        except TimeoutError:
-            self.kill()
-            raise RuntimeError(
-                f"gateway {self.name} not ready in {timeout}s:\n{self.tail()}"
-            ) from None
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not self.ready.is_set():
+            if self.exited.is_set():
+                raise RuntimeError(f"gateway {self.name} exited:\n{self.tail()}")
+            if loop.time() > end:
+                self.kill()
+                raise RuntimeError(f"gateway {self.name} not ready in {timeout}s:\n{self.tail()}")
+            # The ready line is read by a thread; its Event cannot be awaited from this loop.
+            await asyncio.to_thread(self.ready.wait, 0.1)
 
     def _spawn(self) -> None:
         self.proc = subprocess.Popen(
@@ -116,6 +114,10 @@ class GatewayProcess:
         with self.proc.stdout:
             for line in self.proc.stdout:
                 self.lines.append(line.rstrip())
+                if READY_MARK in line:
+                    self.ready.set()
+        self.proc.wait()
+        self.exited.set()
 
     def tail(self, n: int = 40) -> str:
         return "\n".join(list(self.lines)[-n:])
