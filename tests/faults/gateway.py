@@ -129,11 +129,11 @@ class GatewayProcess:
             self.proc.kill()
             self.proc.wait()
             self.kills += 1
+        if self._thread is not None:
+            self._thread.join(5)  # its end of output is this process's, not the next one's
 
     def close(self) -> None:
         self.kill()
-        if self._thread is not None:
-            self._thread.join(5)
 
 
 def stream_url(base: str, name: str) -> str:

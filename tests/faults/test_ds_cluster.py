@@ -54,6 +54,8 @@ class Load:
     count: int
     """Appends per writer."""
     kills: int = 1
+    outage: float = 1.0
+    """Seconds a killed nats-server stays down before it restarts."""
     timeout: float = 90.0
 
 
@@ -232,6 +234,7 @@ async def test_nats_server_restarted_mid_stream_loses_and_duplicates_nothing(
                 await run.progress.reached(k)
                 nats_node.kill()
                 figures[f"kill{k}_at_s"] = run.clock()
+                await asyncio.sleep(load.outage)  # the outage itself: the server stays down
                 await asyncio.to_thread(nats_node.start)
                 figures[f"down{k}_s"] = run.clock() - figures.values[f"kill{k}_at_s"]
 
