@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import logging
 import os
 import platform
 import shutil
@@ -217,9 +218,16 @@ class NatsCluster:
 
         Raises: EmbeddedServerError (a node did not start), TimeoutError (no meta leader).
         """
-        for node in self._nodes:
-            node.start()
-        asyncio.run(self._wait_jetstream(timeout))
+        # Until all three listen, each logs that its routes are refused: expected, not news.
+        server_log = logging.getLogger("genjobs.nats-server")
+        level = server_log.level
+        server_log.setLevel(logging.ERROR + 1)
+        try:
+            for node in self._nodes:
+                node.start()
+            asyncio.run(self._wait_jetstream(timeout))
+        finally:
+            server_log.setLevel(level)
         return ",".join(self.urls)
 
     async def _wait_jetstream(self, timeout: float) -> None:
