@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from yarl import URL
 
 from service.config import Settings
-from service.directget import DirectGetError, ReplayTimeout
+from service.nats.directget import DirectGetError, ReplayTimeout
 
 from . import protocol as p
 from .access import Principal, may_access, principal_of

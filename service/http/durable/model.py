@@ -19,7 +19,7 @@ from typing import Final
 
 import msgspec
 
-from service.directget import StoredMsg
+from service.nats.directget import StoredMsg
 
 # Headers of a stored message (the append's own state).
 M_CLOSE: Final = "Ds-Close"

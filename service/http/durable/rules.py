@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.directget import StoredMsg
+from service.nats.directget import StoredMsg
 
 from . import protocol as p
 from .model import (

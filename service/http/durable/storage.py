@@ -27,9 +27,9 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from service.config import Settings
-from service.directget import DirectGetClient, StoredMsg, client_for
-from service.provision import provision_durable
-from service.publisher import (
+from service.nats.directget import DirectGetClient, StoredMsg, client_for
+from service.nats.provision import provision_durable
+from service.nats.publisher import (
     BACKOFF_FIRST,
     BACKOFF_MAX,
     HDR_EXPECTED_LAST_SUBJ_SEQ,
