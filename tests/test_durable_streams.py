@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import aiohttp
 import nats
 import pytest
+from aiohttp import web
 
 from service.config import Settings
+from service.http.durable.access import auth_middleware
 from service.http.durable.app import STORE
 from service.http.durable.protocol import format_offset, parse_offset
 from service.http.durable.standalone import start_site
@@ -244,3 +247,50 @@ def test_offsets_sort_as_their_sequences() -> None:
     assert [parse_offset(o) for o in offsets] == seqs
     assert parse_offset("-1") is None
     assert parse_offset("0_1") is None
+
+
+class _NoToken(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class _Who:
+    user_id: str
+    tenant_id: str | None
+
+
+async def _identify(request: web.Request) -> _Who:
+    user = request.headers.get("X-Test-User")
+    if user is None:
+        raise _NoToken("no token")
+    return _Who(user, request.headers.get("X-Test-Tenant"))
+
+
+async def test_with_authentication_a_stream_belongs_to_its_creators_tenant_and_user(
+    settings: Settings, http: aiohttp.ClientSession
+) -> None:
+    nc = await nats.connect(settings.nats_url or "", name="ds-auth")
+    runner, url = await start_site(nc, settings, middlewares=[auth_middleware(_identify, _NoToken)])
+    base = url + "/v1/stream/mine"
+    alice = {"X-Test-User": "alice", "X-Test-Tenant": "t1"}
+    try:
+        async with http.put(base, data="secret", headers={**TEXT, **alice}) as r:
+            assert r.status == 201
+        async with http.get(base, headers=alice) as r:
+            assert r.status == 200
+            assert await r.read() == b"secret"
+        for other in ({"X-Test-User": "bob", "X-Test-Tenant": "t1"}, {"X-Test-User": "alice"}):
+            async with http.get(base, headers=other) as r:
+                assert r.status == 403
+            async with http.post(base, data="x", headers={**TEXT, **other}) as r:
+                assert r.status == 403
+            async with http.delete(base, headers=other) as r:
+                assert r.status == 403
+        async with http.get(base) as r:
+            assert r.status == 401
+            assert r.headers["X-Content-Type-Options"] == "nosniff"
+        async with http.options(base) as r:  # preflights need no token
+            assert r.status == 204
+    finally:
+        await runner.cleanup()
+        await nc.drain()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Final
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Final
 
 from aiohttp import web
 from nats.aio.client import Client as NATS
@@ -451,8 +451,14 @@ def _producer(pid: str | None, epoch: str | None, seq: str | None) -> Producer |
     return Producer(pid, e, s)
 
 
-def build_app(nc: NATS, settings: Settings, *, mount: str = "/v1/stream") -> web.Application:
-    app = web.Application(middlewares=[_errors])
+def build_app(
+    nc: NATS,
+    settings: Settings,
+    *,
+    mount: str = "/v1/stream",
+    middlewares: Sequence[Any] = (),
+) -> web.Application:
+    app = web.Application(middlewares=[_errors, *middlewares])
     app[SETTINGS] = settings
     app[MOUNT] = mount
     app[STORE] = store = DurableStore(nc, settings)
