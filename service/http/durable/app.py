@@ -21,6 +21,7 @@ from service.nats.directget import DirectGetError, ReplayTimeout
 
 from . import protocol as p
 from .access import Principal, may_access, principal_of
+from .jobs import JobStreams
 from .lifecycle import Lifecycle
 from .live import LiveWatchers
 from .model import AppendRequest, CreateSpec, DsError, Producer, StreamRecord
@@ -302,6 +303,8 @@ def build_app(
     app[LIVE] = live = LiveWatchers(nc)
     app[READERS] = Readers(store, live, settings)
     handlers = DurableHandlers(app)
+    jobs = JobStreams(store, app[READERS], settings)
+    app.router.add_route("*", "/jobs/{job}", jobs.dispatch)  # before the catch-all
     app.router.add_route("*", "/{name:.+}", handlers.dispatch)
     app.on_response_prepare.append(_security_headers)
     app.cleanup_ctx.append(_lifetime)
