@@ -44,3 +44,8 @@ bench-deps:
 # `just test`). Figures go to the terminal and, as JSON lines, to $GENJOBS_FAULTS_REPORT if set.
 chaos *ARGS:
     {{py}} -m pytest -m slow tests/faults {{ARGS}}
+
+# The Durable Streams conformance suite (332 tests, pinned in package-lock.json) against genjobs
+# on a real nats-server; `npm ci` first if node_modules is missing or stale. `-t PATTERN` filters.
+conformance *ARGS:
+    {{py}} conformance/run.py {{ARGS}}

@@ -8,10 +8,9 @@ carries the browser security and CORS headers, errors included (docs/http.md).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Final
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Final
 
 from aiohttp import web
 from nats.aio.client import Client as NATS
@@ -22,9 +21,11 @@ from service.nats.directget import DirectGetError, ReplayTimeout
 
 from . import protocol as p
 from .access import Principal, may_access, principal_of
+from .jobs import JobStreams
 from .lifecycle import Lifecycle
 from .live import LiveWatchers
-from .model import AppendRequest, CreateSpec, DsError, Producer, ReadResult, StreamRecord
+from .model import AppendRequest, CreateSpec, DsError, Producer, StreamRecord
+from .reading import Readers, View, parse_read_query
 from .storage import DurableStore
 
 log = logging.getLogger("genjobs.http.durable")
@@ -32,11 +33,9 @@ log = logging.getLogger("genjobs.http.durable")
 STORE: Final = web.AppKey("ds_store", DurableStore)
 LIVE: Final = web.AppKey("ds_live", LiveWatchers)
 LIFE: Final = web.AppKey("ds_life", Lifecycle)
+READERS: Final = web.AppKey("ds_readers", Readers)
 SETTINGS: Final = web.AppKey("ds_settings", Settings)
 MOUNT: Final = web.AppKey("ds_mount", str)
-
-SSE_MAX_SECONDS: Final = 60.0
-"""An SSE response ends after this long; the client reconnects from its last offset."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -74,6 +73,10 @@ class DurableHandlers:
     @property
     def store(self) -> DurableStore:
         return self.app[STORE]
+
+    @property
+    def readers(self) -> Readers:
+        return self.app[READERS]
 
     @property
     def life(self) -> Lifecycle:
@@ -131,10 +134,6 @@ class DurableHandlers:
         path = URL(raw).path if "://" in raw else raw
         mount = self.app[MOUNT].rstrip("/") + "/"
         return path[len(mount) :] if path.startswith(mount) else path.lstrip("/")
-
-    def _cache_control(self, request: web.Request) -> str:
-        scope = "public" if principal_of(request) is None else "private"
-        return f"{scope}, max-age=60, stale-while-revalidate=300"
 
     # --- PUT ------------------------------------------------------------------------------
 
@@ -224,7 +223,7 @@ class DurableHandlers:
         if body:
             if p.media_type(content_type) != p.media_type(rec.content_type):
                 # A closed stream answers "closed" first (the specification's precedence).
-                tail, closed = await self.store.tail(rec)
+                tail, closed = await self.store.tail(self.store.source(rec))
                 if closed:
                     raise DsError(
                         409,
@@ -248,21 +247,12 @@ class DurableHandlers:
 
     async def head(self, request: web.Request, name: str) -> web.StreamResponse:
         rec, _ = await self._stream(request, name, touch=False)
-        tail, closed = await self.store.tail(rec)
-        offset = p.format_offset(tail)
-        headers = {
-            "Content-Type": rec.content_type,
-            p.H_NEXT_OFFSET: offset,
-            "Cache-Control": "no-store",
-            "ETag": f'"{rec.inc}:-1:{offset}{":c" if closed else ""}"',
-        }
-        if closed:
-            headers[p.H_CLOSED] = "true"
+        extra = {}
         if rec.ttl is not None:
-            headers[p.H_TTL] = str(rec.ttl)
+            extra[p.H_TTL] = str(rec.ttl)
         if rec.expires_at is not None:
-            headers[p.H_EXPIRES_AT] = rec.expires_at
-        return web.Response(status=200, headers=headers)
+            extra[p.H_EXPIRES_AT] = rec.expires_at
+        return await self.readers.head(self._view(rec), extra)
 
     async def delete(self, request: web.Request, name: str) -> web.StreamResponse:
         await self._stream(request, name, touch=False)
@@ -272,168 +262,15 @@ class DurableHandlers:
     # --- GET ------------------------------------------------------------------------------
 
     async def get(self, request: web.Request, name: str) -> web.StreamResponse:
-        q = request.query
-        offsets = q.getall("offset", [])
-        if len(offsets) > 1:
-            raise DsError(400, "Multiple offset parameters not allowed")
-        raw = offsets[0] if offsets else None
-        live = q.get("live")
-        if raw == "":
-            raise DsError(400, "Empty offset parameter")
-        if raw is None and live in ("long-poll", "sse"):
-            raise DsError(400, f"{live} requires an offset parameter")
-        after: int | None  # None: offset=now
-        if raw is None or raw == p.OFFSET_START:
-            after = 0
-        elif raw == p.OFFSET_NOW:
-            after = None
-        else:
-            after = p.parse_offset(raw)
-            if after is None:
-                raise DsError(400, "Invalid offset format")
+        after, start, live = parse_read_query(request)
         rec, _ = await self._stream(request, name, touch=True)
-        if live == "sse":
-            return await self._sse(request, rec, after, q.get("cursor"))
-        if live == "long-poll":
-            return await self._long_poll(request, rec, after, raw or p.OFFSET_START)
-        if after is None:
-            return await self._at_now(rec)
-        res = await self.store.read(rec, after)
-        return self._data_response(request, rec, res, raw or p.OFFSET_START, cursor=None)
+        return await self.readers.get(request, self._view(rec), after, start, live)
 
-    async def _at_now(self, rec: StreamRecord) -> web.Response:
-        tail, closed = await self.store.tail(rec)
-        headers = {
-            "Content-Type": rec.content_type,
-            p.H_NEXT_OFFSET: p.format_offset(tail),
-            p.H_UP_TO_DATE: "true",
-            "Cache-Control": "no-store",
-        }
-        if closed:
-            headers[p.H_CLOSED] = "true"
-        body = b"[]" if p.is_json(rec.content_type) else b""
-        return web.Response(status=200, body=body, headers=headers)
+    def _view(self, rec: StreamRecord) -> View:
+        async def touch() -> None:
+            await self.store.touch(rec)
 
-    def _data_response(
-        self,
-        request: web.Request,
-        rec: StreamRecord,
-        res: ReadResult,
-        start: str,
-        *,
-        cursor: str | None,
-    ) -> web.Response:
-        parts = [m.data for m in res.msgs if m.data]
-        body = p.json_body(parts) if p.is_json(rec.content_type) else b"".join(parts)
-        offset = p.format_offset(res.next_seq)
-        closed = res.closed and res.up_to_date
-        etag = f'"{rec.inc}:{start}:{offset}{":c" if closed else ""}"'
-        if request.headers.get("If-None-Match") == etag:
-            return web.Response(status=304, headers={"ETag": etag})
-        headers = {"Content-Type": rec.content_type, p.H_NEXT_OFFSET: offset, "ETag": etag}
-        if res.up_to_date:
-            headers[p.H_UP_TO_DATE] = "true"
-        if closed:
-            headers[p.H_CLOSED] = "true"
-        if cursor is not None:
-            headers[p.H_CURSOR] = cursor
-        headers["Cache-Control"] = self._cache_control(request) if parts else "no-store"
-        return web.Response(status=200, body=body, headers=headers)
-
-    async def _long_poll(
-        self, request: web.Request, rec: StreamRecord, after: int | None, start: str
-    ) -> web.StreamResponse:
-        cursor = request.query.get("cursor")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.long_poll_timeout
-        async with self.live.watch(rec.inc) as w:
-            if after is None:
-                after, _ = await self.store.tail(rec)
-            res = await self.store.read(rec, after)
-            while not any(m.data for m in res.msgs):
-                offset = p.format_offset(res.next_seq)
-                if res.closed:
-                    return web.Response(
-                        status=204,
-                        headers={
-                            p.H_NEXT_OFFSET: offset,
-                            p.H_UP_TO_DATE: "true",
-                            p.H_CLOSED: "true",
-                        },
-                    )
-                remaining = deadline - loop.time()
-                if remaining <= 0 or not await w.wait(remaining):
-                    return web.Response(
-                        status=204,
-                        headers={
-                            p.H_NEXT_OFFSET: offset,
-                            p.H_UP_TO_DATE: "true",
-                            p.H_CURSOR: p.response_cursor(cursor),
-                            "Cache-Control": "no-store",
-                        },
-                    )
-                await self.store.touch(rec)
-                res = await self.store.read(rec, res.next_seq)
-        return self._data_response(request, rec, res, start, cursor=p.response_cursor(cursor))
-
-    async def _sse(
-        self, request: web.Request, rec: StreamRecord, after: int | None, cursor: str | None
-    ) -> web.StreamResponse:
-        headers = {
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "Connection": "keep-alive",
-            "X-Accel-Buffering": "no",
-        }
-        if not p.is_text(rec.content_type):
-            headers[p.H_SSE_ENCODING] = "base64"
-        resp = web.StreamResponse(status=200, headers=headers)
-        loop = asyncio.get_running_loop()
-        ends = loop.time() + SSE_MAX_SECONDS
-        timeout = self.settings.long_poll_timeout
-        json_mode = p.is_json(rec.content_type)
-        async with self.live.watch(rec.inc) as w:
-            if after is None:
-                after, _ = await self.store.tail(rec)
-            await resp.prepare(request)
-            announce = True  # a control event is due even without data
-            try:
-                while True:
-                    res = await self.store.read(rec, after)
-                    parts = [m.data for m in res.msgs if m.data]
-                    after = res.next_seq
-                    offset = p.format_offset(after)
-                    out = b""
-                    if parts:
-                        payload = p.json_body(parts) if json_mode else b"".join(parts)
-                        out = p.sse_data(payload, content_type=rec.content_type)
-                    if res.up_to_date and res.closed:
-                        out += p.sse_control(offset, cursor=None, up_to_date=True, closed=True)
-                        await resp.write(out)
-                        break
-                    if parts or announce:
-                        out += p.sse_control(
-                            offset,
-                            cursor=p.response_cursor(cursor),
-                            up_to_date=res.up_to_date,
-                            closed=False,
-                        )
-                        await resp.write(out)
-                    if not res.up_to_date:
-                        announce = False
-                        continue
-                    remaining = ends - loop.time()
-                    if remaining <= 0:
-                        break
-                    announce = not await w.wait(min(timeout, remaining))
-                    if self.live.closing:
-                        break
-                    await self.store.touch(rec)
-            except ConnectionResetError:
-                log.debug("SSE reader of %s went away", rec.inc)
-        with contextlib.suppress(ConnectionResetError):
-            await resp.write_eof()
-        return resp
+        return View(self.store.source(rec), rec.content_type, rec.inc, touch)
 
 
 def _producer(pid: str | None, epoch: str | None, seq: str | None) -> Producer | None:
@@ -451,14 +288,23 @@ def _producer(pid: str | None, epoch: str | None, seq: str | None) -> Producer |
     return Producer(pid, e, s)
 
 
-def build_app(nc: NATS, settings: Settings, *, mount: str = "/v1/stream") -> web.Application:
-    app = web.Application(middlewares=[_errors])
+def build_app(
+    nc: NATS,
+    settings: Settings,
+    *,
+    mount: str = "/v1/stream",
+    middlewares: Sequence[Any] = (),
+) -> web.Application:
+    app = web.Application(middlewares=[_errors, *middlewares])
     app[SETTINGS] = settings
     app[MOUNT] = mount
     app[STORE] = store = DurableStore(nc, settings)
     app[LIFE] = Lifecycle(store)
-    app[LIVE] = LiveWatchers(nc, settings)
+    app[LIVE] = live = LiveWatchers(nc)
+    app[READERS] = Readers(store, live, settings)
     handlers = DurableHandlers(app)
+    jobs = JobStreams(store, app[READERS], settings)
+    app.router.add_route("*", "/jobs/{job}", jobs.dispatch)  # before the catch-all
     app.router.add_route("*", "/{name:.+}", handlers.dispatch)
     app.on_response_prepare.append(_security_headers)
     app.cleanup_ctx.append(_lifetime)

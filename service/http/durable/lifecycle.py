@@ -106,7 +106,7 @@ class Lifecycle:
                 return outcome
 
     async def _confirm(self, rec: StreamRecord, spec: CreateSpec) -> CreateOutcome:
-        tail, closed = await self.store.tail(rec)
+        tail, closed = await self.store.tail(self.store.source(rec))
         want_ct = p.media_type(spec.content_type) or (
             None if spec.fork_from else p.DEFAULT_CONTENT_TYPE
         )
@@ -141,7 +141,7 @@ class Lifecycle:
             ):
                 raise DsError(409, "Content type mismatch with source stream")
             content_type = spec.content_type or src.content_type
-            src_tail, _ = await self.store.tail(src)
+            src_tail, _ = await self.store.tail(self.store.source(src))
             offset = src_tail if spec.fork_offset is None else spec.fork_offset
             if offset > src_tail:
                 raise DsError(400, "Fork offset beyond source stream length")

@@ -22,8 +22,6 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from service.config import Settings
-
 
 class Watch:
     """One reader's wake-up flag: set by every append stored since its last :meth:`wait`."""
@@ -68,9 +66,8 @@ class _Topic:
 class LiveWatchers:
     """Per process: the live subscriptions of the streams somebody waits on."""
 
-    def __init__(self, nc: NATS, settings: Settings) -> None:
+    def __init__(self, nc: NATS) -> None:
         self._nc = nc
-        self._s = settings
         self._topics: dict[str, _Topic] = {}
         self._closed = False
 
@@ -79,31 +76,31 @@ class LiveWatchers:
         return sum(1 for t in self._topics.values() if t.sub is not None)
 
     @asynccontextmanager
-    async def watch(self, inc: str) -> AsyncIterator[Watch]:
-        """Wake-ups of stream incarnation ``inc`` while inside; subscribed on entry.
+    async def watch(self, subject: str) -> AsyncIterator[Watch]:
+        """Wake-ups from the live subject ``subject`` while inside; subscribed on entry.
 
         Raises:
             RuntimeError: the watchers are closed (the gateway is stopping).
         """
         if self._closed:
             raise RuntimeError("live watchers closed")
-        topic = self._topics.get(inc)
+        topic = self._topics.get(subject)
         if topic is None:
-            topic = self._topics[inc] = _Topic()
+            topic = self._topics[subject] = _Topic()
         w = Watch()
         topic.watches.add(w)
         try:
-            await self._subscribed(inc, topic)
+            await self._subscribed(subject, topic)
             yield w
         finally:
             topic.watches.discard(w)
-            if not topic.watches and self._topics.get(inc) is topic:
-                del self._topics[inc]
+            if not topic.watches and self._topics.get(subject) is topic:
+                del self._topics[subject]
                 if topic.sub is not None and not self._nc.is_closed:
                     await topic.sub.unsubscribe()
                 topic.sub = None
 
-    async def _subscribed(self, inc: str, topic: _Topic) -> None:
+    async def _subscribed(self, subject: str, topic: _Topic) -> None:
         if topic.sub is not None:
             return
         if topic.ready is not None:
@@ -116,7 +113,7 @@ class LiveWatchers:
                 w.poke()
 
         try:
-            topic.sub = await self._nc.subscribe(self._s.ds_live_subject(inc), cb=on_msg)
+            topic.sub = await self._nc.subscribe(subject, cb=on_msg)
         except BaseException as e:
             topic.ready = None
             ready.set_exception(e if isinstance(e, Exception) else RuntimeError("interrupted"))

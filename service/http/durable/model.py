@@ -183,6 +183,26 @@ class ReadResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Source:
+    """Where a readable stream's messages are: its own subject (messages after ``base``), the
+    segments it inherits (``(subject, lo, cap)``: messages with ``lo < seq <= cap``) read
+    first, and what marks its end. A Durable Stream's end is a message with ``Ds-Close``; a
+    genjobs job's is its terminal event (``close_kinds`` of ``Genjobs-Kind``)."""
+
+    stream: str
+    subject: str
+    live_subject: str
+    base: int = 0
+    segments: tuple[tuple[str, int, int], ...] = ()
+    close_kinds: frozenset[str] | None = None
+
+    def closes(self, m: StoredMsg) -> bool:
+        if self.close_kinds is None:
+            return m.header(M_CLOSE) is not None
+        return m.header("Genjobs-Kind") in self.close_kinds
+
+
+@dataclass(frozen=True, slots=True)
 class CreateSpec:
     content_type: str | None
     ttl: int | None = None

@@ -41,11 +41,11 @@ from service.nats.publisher import (
 
 from .model import (
     M_APPEND,
-    M_CLOSE,
     AppendOutcome,
     AppendRequest,
     DsError,
     ReadResult,
+    Source,
     StreamRecord,
     StreamState,
     decode_record,
@@ -279,9 +279,18 @@ class DurableStore:
                 backoff = min(backoff * 2, BACKOFF_MAX)
             raise DsError(503, "append kept losing the race against other writers")
 
+    def source(self, rec: StreamRecord) -> Source:
+        return Source(
+            stream=self.stream,
+            subject=self.subject(rec.inc),
+            live_subject=self.s.ds_live_subject(rec.inc),
+            base=rec.base,
+            segments=tuple((self.subject(g.inc), g.lo, g.cap) for g in rec.segments),
+        )
+
     async def read(
         self,
-        rec: StreamRecord,
+        src: Source,
         after: int,
         *,
         max_bytes: int = READ_MAX_BYTES,
@@ -293,14 +302,14 @@ class DurableStore:
         size = 0
         x = after
         timeout = self.s.request_timeout
-        for seg in rec.segments:
-            if x >= seg.cap:
+        for subject, lo, cap in src.segments:
+            if x >= cap:
                 continue
-            start = max(x, seg.lo) + 1
+            start = max(x, lo) + 1
             while True:
                 msgs, pending = await self.dg.get_batch(
-                    self.stream,
-                    self.subject(seg.inc),
+                    src.stream,
+                    subject,
                     start,
                     max_msgs - len(out),
                     timeout=timeout,
@@ -308,7 +317,7 @@ class DurableStore:
                 )
                 beyond = False
                 for m in msgs:
-                    if m.seq > seg.cap:
+                    if m.seq > cap:
                         beyond = True
                         break
                     out.append(m)
@@ -320,14 +329,15 @@ class DurableStore:
                     break
                 start = x + 1
         # The stream's own subject, from the message *at* the offset when there is one: it
-        # tells whether the stream was closed there without another request.
-        subject = self.subject(rec.inc)
-        probe = max(x, rec.base, 1)
+        # tells whether the stream was closed there without another request. Nothing at or
+        # before the base belongs to this stream (a fork's source, a job's earlier run).
+        x = max(x, src.base)
+        probe = max(x, 1)
         last_seen: StoredMsg | None = None
         while True:
             msgs, pending = await self.dg.get_batch(
-                self.stream,
-                subject,
+                src.stream,
+                src.subject,
                 probe,
                 max_msgs - len(out) + 1,
                 timeout=timeout,
@@ -342,36 +352,34 @@ class DurableStore:
                 x = m.seq
                 if size >= max_bytes or len(out) >= max_msgs:
                     done = i == len(msgs) - 1 and pending == 0
-                    closed = done and m.header(M_CLOSE) is not None
-                    return ReadResult(out, x, done, closed)
+                    return ReadResult(out, x, done, done and src.closes(m))
             if not msgs or pending == 0:
                 break
             probe = x + 1
         if last_seen is None:
-            last_seen = await self.dg.last_msg(self.stream, subject, timeout=timeout)
+            last_seen = await self.dg.last_msg(src.stream, src.subject, timeout=timeout)
             if last_seen is not None and last_seen.seq > x:
                 # Stored between the two requests: read again rather than skip it.
-                return await self.read(rec, after, max_bytes=max_bytes, max_msgs=max_msgs)
-        closed = last_seen is not None and last_seen.header(M_CLOSE) is not None
-        if out:  # nothing left after x but (for a fork) the gap up to its fork offset
-            return ReadResult(out, max(x, rec.base), True, closed)
-        tail = last_seen.seq if last_seen is not None else rec.base
-        return ReadResult(out, max(tail, rec.base), True, closed)
+                return await self.read(src, after, max_bytes=max_bytes, max_msgs=max_msgs)
+        closed = last_seen is not None and last_seen.seq > src.base and src.closes(last_seen)
+        if out:
+            return ReadResult(out, x, True, closed)
+        tail = last_seen.seq if last_seen is not None else src.base
+        return ReadResult(out, max(tail, src.base), True, closed)
 
-    async def tail(self, rec: StreamRecord) -> tuple[int, bool]:
+    async def tail(self, src: Source) -> tuple[int, bool]:
         """The stream's tail sequence and whether it is closed."""
-        last = await self.dg.last_msg(
-            self.stream, self.subject(rec.inc), timeout=self.s.request_timeout
-        )
-        if last is None:
-            return rec.base, False
-        return max(last.seq, rec.base), last.header(M_CLOSE) is not None
+        last = await self.dg.last_msg(src.stream, src.subject, timeout=self.s.request_timeout)
+        if last is None or last.seq <= src.base:
+            return src.base, False
+        return last.seq, src.closes(last)
 
     async def first_data_after(self, rec: StreamRecord, after: int) -> StoredMsg | None:
         """The first message with data after ``after`` (for a fork's sub-offset)."""
         x = after
+        src = self.source(rec)
         while True:
-            res = await self.read(rec, x, max_msgs=64)
+            res = await self.read(src, x, max_msgs=64)
             for m in res.msgs:
                 if m.data:
                     return m
