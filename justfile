@@ -35,10 +35,12 @@ bench *ARGS:
 bench-smoke:
     {{py}} -m bench.run --smoke
 
-# redis-server for the Redis-style baseline (Debian package).
+# The baselines: redis-server (Debian package) and redis-py, rakaia-streams and uvicorn (the
+# `bench` extra), and the Node reference server (`npm ci` from package-lock.json).
 bench-deps:
     command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
     {{py}} -m pip install -q -e '.[bench]'
+    npm ci --no-audit --no-fund
 
 # Long fault-injection variants (kill -9, restarts, cluster failover; the short ones run in
 # `just test`). Figures go to the terminal and, as JSON lines, to $GENJOBS_FAULTS_REPORT if set.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,10 @@ Smoke = tuple[dict[str, Any], str, str]
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Smoke:
     out = tmp_path_factory.mktemp("bench")
+    if shutil.which("npm") is not None:  # the Durable Streams peers (section 8)
+        from conformance.run import ensure_node_modules
+
+        ensure_node_modules()
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)],
         cwd=REPO,
