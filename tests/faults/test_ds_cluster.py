@@ -208,7 +208,8 @@ async def test_gateway_killed_mid_append_loses_and_duplicates_nothing(
 
         async with aiohttp.ClientSession() as http:
             await run.main(http, fault)
-    assert figures.values["failed_attempts"] > 0, "the kill hit no append in flight"
+    last_kill = figures.values[f"kill{load.kills - 1}_at_s"]
+    assert figures.values["writers_done_s"] > last_kill, "the writers were done before the kill"
 
 
 # --- nats-server restarted mid-stream ---------------------------------------------------------
@@ -240,7 +241,9 @@ async def test_nats_server_restarted_mid_stream_loses_and_duplicates_nothing(
 
         async with aiohttp.ClientSession() as http:
             await run.main(http, fault)
-    assert figures.values["failed_attempts"] > 0, "the restart hit no append in flight"
+    # Appends went on across the outage (the gateways may well ride it out unseen).
+    last_kill = figures.values[f"kill{load.kills - 1}_at_s"]
+    assert figures.values["writers_done_s"] > last_kill + load.outage
 
 
 # --- 3-node cluster, stream leader killed -----------------------------------------------------
