@@ -1,33 +1,40 @@
 """The messages an actor's inbox carries, and the small helpers that answer their futures.
 
-Handles build these and queue them; only the actor reads them. Each control message carries
-the future its sender awaits; when an actor ends, every queued future is failed so no caller
-hangs.
+``Command`` is a tagged union: the actor matches on the message's type, exhaustively (mypy checks
+that every variant is handled), and every field of a variant is used by it. Handles
+(``actors.handle``) build these and queue them; only the actor reads them. Each control message
+carries the future its sender awaits; when an actor ends, every queued future is failed so no
+caller hangs.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from schemas.job import JobRecord, record_to_dict
+from actors.termination import Complete, Ending, Fail
+from schemas.api import AbortResult, CompletionResult, ResumeSnapshot
 
 
 @dataclass(slots=True)
 class Emit:
+    """One producer event (no future: backpressure is the inbox bound)."""
+
     event: dict[str, Any]
     kind: str
 
 
 @dataclass(slots=True)
 class Flush:
+    """Answered with the last sequence once every event emitted before it is durable."""
+
     fut: asyncio.Future[int]
 
 
 @dataclass(slots=True)
 class Snapshot:
-    fut: asyncio.Future[dict[str, Any]]
+    fut: asyncio.Future[ResumeSnapshot]
 
 
 @dataclass(slots=True)
@@ -42,47 +49,46 @@ class RecordUsage:
     fut: asyncio.Future[None]
 
 
-FinishKind = Literal["complete", "error", "abort"]
-
-
 @dataclass(slots=True)
 class Finish:
-    kind: FinishKind
-    fut: asyncio.Future[dict[str, Any]]
-    final_event: dict[str, Any] | None = None
-    message: str | None = None
-    by: str = ""
+    """End the job (``actors.termination``): the first one wins, later ones are answered from
+    the ended job (an abort: ``usageAlreadyClaimed``; anything else: ``JobEnded``)."""
+
+    ending: Ending
+    fut: asyncio.Future[AbortResult | CompletionResult]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOutcome:
+    """The actor's answer to an ``Ingest`` batch (the gateway turns it into the reply)."""
+
+    next_index: int
+    seq: int | None
+    aborted: bool
+    ended: bool = False
+    """The job had ended before this batch: nothing of it was taken."""
 
 
 @dataclass(slots=True)
 class Ingest:
-    """A remote producer's batch (docs/protocol.md, remote producers): items at producer indices ``first_index``...
-
-    Items are ``("event", (event, kind))``, ``("usage", record)``, ``("complete", final)`` or
-    ``("error", message)``. The reply (``{ok, nextIndex, seq?, aborted?}``) is sent once every
-    item is durable; items at indices the actor already took are acknowledged, not repeated.
-    """
+    """A remote producer's batch (docs/protocol.md, remote producers) at producer indices
+    ``first_index``...: ``events`` (event, kind), then ``usage`` records, then an optional
+    ``ending`` (``Complete`` or ``Fail``). The outcome is sent once every item is durable; items
+    at indices the actor already took are acknowledged, not repeated."""
 
     first_index: int
-    items: list[tuple[str, Any]]
+    events: list[tuple[dict[str, Any], str]]
+    usage: list[dict[str, Any]]
+    ending: Complete | Fail | None
     metadata: dict[str, Any] | None
-    fut: asyncio.Future[dict[str, Any]]
+    fut: asyncio.Future[IngestOutcome]
+
+    @property
+    def span(self) -> int:
+        return len(self.events) + len(self.usage) + (0 if self.ending is None else 1)
 
 
 Command = Emit | Flush | Snapshot | UpdateMeta | RecordUsage | Finish | Ingest
-
-
-def already_claimed_result(rec: JobRecord) -> dict[str, Any]:
-    """AbortResult for a job that has ended and whose usage was claimed before."""
-    return {
-        "success": False,
-        "jobData": record_to_dict(rec),
-        "content": [],
-        "finalEvent": None,
-        "text": "",
-        "collectedUsage": [],
-        "usageAlreadyClaimed": True,
-    }
 
 
 def resolve(fut: asyncio.Future[Any], value: Any) -> None:

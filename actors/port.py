@@ -1,6 +1,6 @@
 """What an actor needs from the outside world, as a protocol: the actor does no NATS I/O itself.
 
-The service layer implements it over JetStream and KV (``service/store.py``); keeping it a
+The service layer implements it over JetStream and KV (``service/nats/store.py``); keeping it a
 protocol keeps the actor's state machine readable and its I/O in one place.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from schemas.api import ResumeSnapshot
 from schemas.job import JobRecord
 
 
@@ -46,7 +47,7 @@ class ActorPort(Protocol):
         ...
 
     async def put_snapshot(
-        self, job_id: str, snapshot: dict[str, Any], *, ttl: float | None = None
+        self, job_id: str, snapshot: ResumeSnapshot, *, ttl: float | None = None
     ) -> None: ...
 
     async def job_finished(self, rec: JobRecord) -> None:

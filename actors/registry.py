@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from actors.handle import ActorHandle
 from actors.stream_actor import StreamActor
 from schemas.errors import Unavailable
 
@@ -20,11 +21,13 @@ class Registry:
     """
 
     def __init__(self) -> None:
-        self._actors: dict[str, StreamActor] = {}
+        self._actors: dict[str, ActorHandle] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.reserved: set[str] = set()
         """Ids being created here: their record may exist before their actor does."""
+        self.ending: set[str] = set()
+        """Ids this replica is ending in a dead owner's place (``service.server.takeover``)."""
         self.closing = False
 
     def bind(self, tg: asyncio.TaskGroup) -> None:
@@ -34,12 +37,13 @@ class Registry:
         return len(self._actors)
 
     def __contains__(self, job_id: object) -> bool:
-        return job_id in self._actors or job_id in self.reserved
+        return job_id in self._actors or job_id in self.reserved or job_id in self.ending
 
-    def get(self, job_id: str) -> StreamActor | None:
+    def get(self, job_id: str) -> ActorHandle | None:
+        """The handle on the actor running ``job_id`` here, if any."""
         return self._actors.get(job_id)
 
-    def actors(self) -> list[StreamActor]:
+    def actors(self) -> list[ActorHandle]:
         return list(self._actors.values())
 
     def start(self, actor: StreamActor) -> None:
@@ -53,14 +57,14 @@ class Registry:
         previous = actor.on_end
 
         def ended(a: StreamActor) -> None:
-            if self._actors.get(a.job_id) is a:
+            if self._actors.get(a.job_id) is a.handle:
                 del self._actors[a.job_id]
                 self._tasks.pop(a.job_id, None)
             if previous is not None:
                 previous(a)
 
         actor.on_end = ended
-        self._actors[actor.job_id] = actor
+        self._actors[actor.job_id] = actor.handle
         self._tasks[actor.job_id] = self._tg.create_task(actor.run(), name=f"job:{actor.job_id}")
 
     async def wait_all(self, timeout: float) -> bool:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 import msgspec
 
+from actors.handle import ActorHandle
 from actors.inbox import Inbox, InboxClosed
 from actors.messages import (
     Command,
@@ -30,48 +30,29 @@ from actors.messages import (
     Finish,
     Flush,
     Ingest,
+    IngestOutcome,
     RecordUsage,
     Snapshot,
     UpdateMeta,
-    already_claimed_result,
     reject,
     resolve,
 )
+from actors.outbox import Out, Outbox
 from actors.port import ActorPort
-from actors.termination import build_abort_final, parse_text
+from actors.termination import Abort, Complete, Ending, Fail, Reason, claim_ended, terminate
+from schemas.api import AbortResult, CompletionResult, ResumeSnapshot
 from schemas.content.aggregator import ContentAggregator
-from schemas.content.coalesce import PlainRun, try_merge
-from schemas.errors import GenjobsError, JobEnded, OwnershipLost, StoreFailed
-from schemas.job import METADATA_FIELDS, JobRecord, JobStatus, record_to_dict
+from schemas.errors import BadRequest, GenjobsError, JobEnded, OwnershipLost, StoreFailed
+from schemas.events import HDR_INDEX, HDR_KIND, HDR_WRITER, EventKind
+from schemas.job import METADATA_FIELDS, JobRecord, JobStatus
 
 log = logging.getLogger("genjobs.actor")
 
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.decode
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-@dataclass(slots=True)
-class _Out:
-    """An event waiting to be published; ``count`` producer events were merged into it."""
-
-    event: dict[str, Any]
-    kind: str
-    count: int = 1
-    owned: bool = False  # True once we copied the producer's dict (before mutating it)
-    run: PlainRun | None = None  # merges kept as strings; ``event`` is built when published
-    checked: bool = False  # whether a run was tried for ``event`` already
-
-
-def _settle(out: _Out) -> None:
-    """Build the event of a pending run of plain deltas (its own object once merged)."""
-    run, out.run = out.run, None
-    if run is not None and len(run.pieces) > 1:
-        out.event = run.event()
-        out.owned = True
 
 
 @dataclass
@@ -103,16 +84,17 @@ class StreamActor:
     def __post_init__(self) -> None:
         self.inbox = Inbox(self.inbox_size)
         self.agg = ContentAggregator()
-        self._pending: deque[_Out] = deque()
+        self.handle = ActorHandle(self)
+        self._outbox = Outbox()
         self._next_index = self.rec.last_index + 1
         self._last_seq = self.rec.last_seq
         self._barriers: list[tuple[int, asyncio.Future[int]]] = []
         self._finish: Finish | None = None
         self._late: list[Finish] = []
+        self._finished_here = False  # this actor stored the terminal event and the record
         self._dirty = False
         self._snapshot_due = time.monotonic() + self.snapshot_interval
         self._producer_tasks: set[asyncio.Task[Any]] = set()
-        self._result: dict[str, Any] | None = None
         self._acked = 0  # producer events whose (possibly merged) message is acknowledged
         self._ingested = 0  # next producer index a remote producer's batch must start at
 
@@ -128,7 +110,7 @@ class StreamActor:
     def status(self) -> JobStatus:
         return self.rec.status
 
-    # --- called from outside the actor task (handles); they only queue or signal ------------
+    # --- called from outside the actor task (through the handle); only queue or signal ------
 
     def signal_abort(self) -> None:
         """Immediate part of an abort: stop accepting and wake/cancel the producer."""
@@ -142,6 +124,17 @@ class StreamActor:
         self._producer_tasks.add(task)
         task.add_done_callback(self._producer_tasks.discard)
 
+    def request(self, cmd: Command) -> None:
+        """Queue a control command.
+
+        Raises:
+            JobEnded: the actor no longer takes commands.
+        """
+        try:
+            self.inbox.put_control(cmd)
+        except InboxClosed as e:
+            raise JobEnded(self.job_id, self.rec.status.value) from e
+
     # --- the actor task -----------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -149,7 +142,6 @@ class StreamActor:
             await self._main()
         except OwnershipLost as e:
             log.warning("job %s: %s; this replica stops writing it", self.job_id, e)
-            self._result = {"ownershipLost": True}
             self.signal_abort()  # the producer must stop: its events can no longer be stored
         except asyncio.CancelledError:
             raise
@@ -162,11 +154,11 @@ class StreamActor:
 
     async def _main(self) -> None:
         while True:
-            if not self._pending and self._finish is None:
+            if not self._outbox and self._finish is None:
                 timeout = self._idle_timeout()
                 if await self.inbox.wait(timeout):
                     await self._absorb(self.inbox.take_all())
-            while self._pending:
+            while self._outbox:
                 await self._publish_head()
                 await self._absorb(self.inbox.take_all())
             if self._finish is not None:
@@ -182,87 +174,76 @@ class StreamActor:
 
     async def _absorb(self, cmds: list[Command]) -> None:
         for c in cmds:
-            if isinstance(c, Emit):
-                if self._finish is None:
-                    self._enqueue(c)
-            elif isinstance(c, Flush):
-                self._barriers.append((self.stats.produced, c.fut))
-                self._release_barriers()
-            elif isinstance(c, Snapshot):
-                resolve(c.fut, self.snapshot())
-            elif isinstance(c, Ingest):
-                await self._ingest(c)
-            elif isinstance(c, Finish):
-                if self._finish is None:
-                    self._finish = c
-                    self.accepting = False
-                else:
-                    self._late.append(c)
-            elif self._finish is not None:
-                reject(c.fut, JobEnded(self.job_id, "finishing"))
-            elif isinstance(c, UpdateMeta):
-                await self._apply_meta(c)
-            elif isinstance(c, RecordUsage):
-                self.rec.collected_usage.append(c.usage)
-                await self._persist()
-                resolve(c.fut, None)
+            match c:
+                case Emit():
+                    if self._finish is None:
+                        self._enqueue(c.event, c.kind)
+                case Flush(fut=fut):
+                    self._barriers.append((self.stats.produced, fut))
+                    self._release_barriers()
+                case Snapshot(fut=fut):
+                    resolve(fut, self.snapshot())
+                case Ingest():
+                    await self._ingest(c)
+                case Finish():
+                    if self._finish is None:
+                        self._finish = c
+                        self.accepting = False
+                    else:
+                        self._late.append(c)
+                case UpdateMeta() | RecordUsage() if self._finish is not None:
+                    reject(c.fut, JobEnded(self.job_id, "finishing"))
+                case UpdateMeta():
+                    await self._apply_meta(c)
+                case RecordUsage(usage=usage, fut=fut):
+                    self.rec.collected_usage.append(usage)
+                    await self._persist()
+                    resolve(fut, None)
+                case _:
+                    assert_never(c)
 
     async def _ingest(self, c: Ingest) -> None:
         if self._finish is not None or self.rec.status.terminal:
-            resolve(
-                c.fut,
-                {
-                    "ok": False,
-                    "nextIndex": self._ingested,
-                    "aborted": self.aborted.is_set(),
-                    "ended": True,
-                },
-            )
+            outcome = IngestOutcome(self._ingested, None, self.aborted.is_set(), ended=True)
+            resolve(c.fut, outcome)
             return
         if c.first_index > self._ingested:
-            from schemas.errors import BadRequest
-
-            reject(
-                c.fut, BadRequest(f"gap: expected firstIndex {self._ingested}, got {c.first_index}")
-            )
+            gap = f"gap: expected firstIndex {self._ingested}, got {c.first_index}"
+            reject(c.fut, BadRequest(gap))
             return
         if c.metadata:
             self._set_meta(c.metadata)
             await self._persist()
-        fresh = c.items[self._ingested - c.first_index :]
+        items: list[Emit | dict[str, Any] | Complete | Fail] = [Emit(e, k) for e, k in c.events]
+        items.extend(c.usage)
+        if c.ending is not None:
+            items.append(c.ending)
+        fresh = items[self._ingested - c.first_index :]
         terminal: Finish | None = None
         usage_added = False
-        for what, value in fresh:
-            if what == "event":
-                self._enqueue(Emit(value[0], value[1]))
-            elif what == "usage":
-                self.rec.collected_usage.append(value)
-                usage_added = True
-            else:
-                fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-                if what == "complete":
-                    terminal = Finish("complete", fut, final_event=value)
-                else:
-                    terminal = Finish("error", fut, message=value)
+        for item in fresh:
+            match item:
+                case Emit(event=event, kind=kind):
+                    self._enqueue(event, kind)
+                case Complete() | Fail():
+                    terminal = Finish(item, asyncio.get_running_loop().create_future())
+                case _:
+                    self.rec.collected_usage.append(item)
+                    usage_added = True
         self._ingested += len(fresh)
         if usage_added:
             await self._persist()
         if terminal is not None:
             self._finish = terminal
             self.accepting = False
-            self._reply_when(terminal.fut, c.fut, lambda r: r.get("seq"))
+            self._reply_when(terminal.fut, c.fut)
             return
         barrier: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._reply_when(barrier, c.fut, lambda seq: seq)
+        self._reply_when(barrier, c.fut)
         self._barriers.append((self.stats.produced, barrier))
         self._release_barriers()
 
-    def _reply_when(
-        self,
-        done: asyncio.Future[Any],
-        reply: asyncio.Future[dict[str, Any]],
-        seq_of: Callable[[Any], int | None],
-    ) -> None:
+    def _reply_when(self, done: asyncio.Future[Any], reply: asyncio.Future[IngestOutcome]) -> None:
         """Answer an ingest batch once ``done`` (durability or the terminal write) settles."""
 
         def settle(f: asyncio.Future[Any]) -> None:
@@ -272,46 +253,19 @@ class StreamActor:
             if err is not None:
                 reject(reply, err)
                 return
-            resolve(
-                reply,
-                {
-                    "ok": True,
-                    "nextIndex": self._ingested,
-                    "seq": seq_of(f.result()),
-                    "aborted": self.aborted.is_set(),
-                },
-            )
+            value = f.result()
+            seq = value.seq if isinstance(value, CompletionResult) else value
+            resolve(reply, IngestOutcome(self._ingested, seq, self.aborted.is_set()))
 
         done.add_done_callback(settle)
 
-    def _enqueue(self, e: Emit) -> None:
+    def _enqueue(self, event: dict[str, Any], kind: str) -> None:
         self.stats.produced += 1
-        if self._pending:
-            tail = self._pending[-1]
-            if tail.kind == "step" and e.kind == "step" and self._merge(tail, e.event):
-                tail.count += 1
-                self.stats.merged += 1
-                return
-        self._pending.append(_Out(e.event, e.kind))
-
-    @staticmethod
-    def _merge(tail: _Out, event: dict[str, Any]) -> bool:
-        """Fold ``event`` into the pending ``tail`` (see actors/coalesce.py)."""
-        if not tail.checked:
-            tail.checked = True
-            tail.run = PlainRun.start(tail.event)
-        if tail.run is not None:
-            if tail.run.add(event):
-                return True
-            _settle(tail)  # not a plain continuation: the general rules decide
-        if not tail.owned:
-            tail.event = _decode(_encode(tail.event))
-            tail.owned = True
-        return try_merge(tail.event, event)
+        if self._outbox.add(event, kind):
+            self.stats.merged += 1
 
     async def _publish_head(self) -> None:
-        out = self._pending[0]
-        _settle(out)
+        out = self._outbox.head()
         index = self._next_index
         if index >= self.max_events - 1:
             raise StoreFailed(
@@ -320,7 +274,7 @@ class StreamActor:
         payload = _encode(out.event)
         prev = self._last_seq
         seq = await self.port.publish_event(self.job_id, payload, out.kind, index, prev)
-        self._pending.popleft()
+        self._outbox.pop()
         self._next_index = index + 1
         self._last_seq = seq
         self.port.delivered(self.job_id, seq, prev, out.kind, index, payload)
@@ -340,7 +294,7 @@ class StreamActor:
                 keep.append((target, fut))
         self._barriers = keep
 
-    async def _apply_published(self, out: _Out) -> None:
+    async def _apply_published(self, out: Out) -> None:
         self._dirty = True
         ev = out.event
         if out.kind == "step":
@@ -394,26 +348,21 @@ class StreamActor:
 
     # --- snapshot -------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> ResumeSnapshot:
         """Resume state as of ``seq`` (the last acknowledged event)."""
         r = self.rec
-        snap: dict[str, Any] = {
-            "runSteps": self.agg.run_steps(),
-            "aggregatedContent": self.agg.content_filtered(),
-            "status": r.status.value,
-            "createdAt": r.created_at,
-            "seq": self._last_seq,
-            "index": self._next_index - 1,
-        }
-        for key, value in (
-            ("userMessage", r.user_message),
-            ("responseMessageId", r.response_message_id),
-            ("conversationId", r.conversation_id),
-            ("sender", r.sender),
-        ):
-            if value is not None:
-                snap[key] = value
-        return snap
+        return ResumeSnapshot(
+            run_steps=self.agg.run_steps(),
+            aggregated_content=self.agg.content_filtered(),
+            status=r.status.value,
+            created_at=r.created_at,
+            seq=self._last_seq,
+            index=self._next_index - 1,
+            user_message=r.user_message,
+            response_message_id=r.response_message_id,
+            conversation_id=r.conversation_id,
+            sender=r.sender,
+        )
 
     async def _write_snapshot(self, *, ttl: float | None = None) -> None:
         # Derived data (the events are stored): a failed write is retried at the next interval
@@ -426,93 +375,56 @@ class StreamActor:
             return
         self._dirty = False
 
-    # --- terminal -------------------------------------------------------------------------
+    # --- terminal (decided by actors.termination) -------------------------------------------
 
     async def _do_finish(self, f: Finish) -> None:
-        r = self.rec
-        if f.kind == "complete":
-            event = dict(f.final_event or {"final": True})
-            event.setdefault("final", True)
-            kind, status = "final", JobStatus.COMPLETE
-        elif f.kind == "error":
-            event = {"error": f.message or "error"}
-            kind, status = "error", JobStatus.ERROR
-        else:
-            event = build_abort_final(record_to_dict(r), self.agg.content_filtered())
-            kind, status = "final", JobStatus.ABORTED
-        payload, prev, index = _encode(event), self._last_seq, self._next_index
-        seq = await self.port.publish_event(self.job_id, payload, kind, index, prev)
+        end = terminate(self.rec, f.ending, self.agg.content_filtered())
+        payload, prev, index = end.payload, self._last_seq, self._next_index
+        seq = await self.port.publish_event(self.job_id, payload, end.kind.value, index, prev)
         self._next_index += 1
         self._last_seq = seq
-        self.port.delivered(self.job_id, seq, prev, kind, index, payload)
-        r.status = status
-        r.completed_at = now_ms()
-        if f.kind == "error":
-            r.error = f.message
-        if f.kind == "abort":
-            r.aborted_by = f.by or None
-        usage = list(r.collected_usage)
-        r.usage_claimed = True
-        r.usage_claimed_by = f.kind
+        self.port.delivered(self.job_id, seq, prev, end.kind.value, index, payload)
+        self.rec = end.record(self.rec, seq=seq, index=index, now=now_ms())
         await self._persist(ttl=self.completed_ttl)
+        self._finished_here = True
         self.ended.set()
         await self._write_snapshot(ttl=self.completed_ttl)
-        await self.port.job_finished(r)
+        await self.port.job_finished(self.rec)
         self._release_barriers()
-        result: dict[str, Any] = {
-            "success": True,
-            "status": status.value,
-            "seq": seq,
-            "collectedUsage": usage,
-            "finalEvent": event,
-        }
-        if f.kind == "abort":
-            content = self.agg.content_filtered()
-            result = {
-                "success": True,
-                "jobData": record_to_dict(r),
-                "content": content,
-                "finalEvent": event,
-                "text": parse_text(content),
-                "collectedUsage": usage,
-                "usageAlreadyClaimed": False,
-                "seq": seq,
-            }
-        self._result = result
-        resolve(f.fut, result)
+        resolve(f.fut, end.result(self.rec, seq))
         for late in self._late:
             self._answer_late(late)
 
     def _answer_late(self, f: Finish) -> None:
-        if f.kind == "abort":
-            resolve(f.fut, already_claimed_result(self.rec))
-        else:
+        """A second end after this actor ended the job: an abort learns the usage was claimed
+        (``actors.termination.claim_ended``); anything else that the job has ended."""
+        changed, result = claim_ended(self.rec)
+        if isinstance(f.ending, Abort) and changed is None:
+            resolve(f.fut, result)
+        else:  # not an abort, or a claim to store: the caller goes through the record
             reject(f.fut, JobEnded(self.job_id, self.rec.status.value))
 
     async def _fail_after_crash(self, err: Exception) -> None:
         """One job's failure ends that job with a terminal error, never the replica."""
         if self.rec.status.terminal:
             return
+        ending: Ending = (
+            Fail(str(err), Reason.BUDGET)
+            if isinstance(err, StoreFailed)
+            else Fail(f"internal error: {err}")
+        )
         try:
             async with asyncio.timeout(10):
-                self._pending.clear()
+                self._outbox.clear()
                 for attempt in range(3):
                     # The cursor may be stale (an ambiguous publish may have landed): re-read
                     # the subject's tail so the terminal event is fenced on what is really there.
-                    tail = await self.port.subject_last(self.job_id)
-                    if tail is not None:
-                        seq, headers = tail
-                        if headers.get("Genjobs-Writer") != self.port.replica_id:
-                            raise OwnershipLost(self.job_id, "another writer appended")
-                        if headers.get("Genjobs-Kind") in ("final", "error"):
-                            return
-                        self._last_seq = seq
-                        index = int(headers.get("Genjobs-Index", self._next_index - 1))
-                        self._next_index = index + 1
-                    fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-                    message = str(err) if isinstance(err, StoreFailed) else f"internal error: {err}"
+                    if await self._resync_tail():
+                        return
+                    fut: asyncio.Future[AbortResult | CompletionResult]
+                    fut = asyncio.get_running_loop().create_future()
                     try:
-                        await self._do_finish(Finish("error", fut, message=message))
+                        await self._do_finish(Finish(ending, fut))
                         return
                     except OwnershipLost:
                         # A given-up publish of ours can still land after the tail was read
@@ -524,17 +436,32 @@ class StreamActor:
             # The janitor sweeps running records owned here without an actor, and retries.
             log.error("job %s: could not write its terminal error: %s", self.job_id, e2)
 
+    async def _resync_tail(self) -> bool:
+        """Move the cursor to the subject's stored tail; True if the log has already ended.
+
+        Raises:
+            OwnershipLost: the tail was written by another writer.
+        """
+        tail = await self.port.subject_last(self.job_id)
+        if tail is None:
+            return False
+        seq, headers = tail
+        if headers.get(HDR_WRITER) != self.port.replica_id:
+            raise OwnershipLost(self.job_id, "another writer appended")
+        if headers.get(HDR_KIND) in (EventKind.FINAL, EventKind.ERROR):
+            return True
+        self._last_seq = seq
+        self._next_index = int(headers.get(HDR_INDEX, self._next_index - 1)) + 1
+        return False
+
     def _close(self) -> None:
         self.accepting = False
         self.ended.set()
         leftover = self.inbox.close()
         err = JobEnded(self.job_id, self.rec.status.value)
         for c in leftover:
-            if isinstance(c, Finish):
-                if self._result is not None and c.kind == "abort":
-                    resolve(c.fut, already_claimed_result(self.rec))
-                else:
-                    reject(c.fut, err)
+            if isinstance(c, Finish) and self._finished_here:
+                self._answer_late(c)
             elif not isinstance(c, Emit):
                 reject(c.fut, err)
         for f in [*self._late, *([self._finish] if self._finish else [])]:
@@ -546,27 +473,5 @@ class StreamActor:
         if self.on_end is not None:
             self.on_end(self)
 
-    # --- queueing helpers used by handles ------------------------------------------------------
 
-    def request(self, cmd: Command) -> None:
-        """Queue a control command.
-
-        Raises:
-            JobEnded: the actor no longer takes commands.
-        """
-        try:
-            self.inbox.put_control(cmd)
-        except InboxClosed as e:
-            raise JobEnded(self.job_id, self.rec.status.value) from e
-
-
-__all__ = [
-    "Emit",
-    "Finish",
-    "Flush",
-    "RecordUsage",
-    "Snapshot",
-    "StreamActor",
-    "UpdateMeta",
-    "already_claimed_result",
-]
+__all__ = ["ActorStats", "StreamActor"]

@@ -53,6 +53,7 @@ import msgspec
 from msgspec import Meta, Struct, field
 
 from schemas.events import EventKind, classify, validate_event
+from schemas.job import JobRecord
 from schemas.usage import Tokens, UsageRecord
 
 NonNegative = Annotated[int, Meta(ge=0)]
@@ -128,12 +129,20 @@ class StatusReply(_Reply, frozen=True, kw_only=True):
 
 
 class ResumeSnapshot(Struct, frozen=True, kw_only=True, omit_defaults=True, rename="camel"):
-    """``omit_defaults``: what LibreChat leaves ``undefined`` is absent, as in its ``ResumeState``."""
+    """A job's resume state as of ``seq``: the content of exactly the events up to ``seq``,
+    so a reader continuing at ``seq + 1`` gets neither a gap nor a duplicate. Also the value of
+    KV ``genjobs-snapshots``. ``omit_defaults``: what LibreChat leaves ``undefined`` is absent,
+    as in its ``ResumeState``."""
 
     run_steps: list[dict[str, Any]]
     aggregated_content: list[Any]
     status: str
     seq: int
+    index: int = -1
+    """``Genjobs-Index`` of the event at ``seq`` (-1: none yet)."""
+    created_at: int | None = None
+    """The job's ``createdAt`` (its generation): a stored snapshot of an older generation of a
+    reused id is not this job's."""
     user_message: dict[str, Any] | None = None
     response_message_id: str | None = None
     conversation_id: str | None = None
@@ -147,13 +156,15 @@ class AbortResult(_Reply, frozen=True, kw_only=True):
     there was no job), ``finalEvent`` the abort final event that was published."""
 
     success: bool
-    job_data: dict[str, Any] | None
+    job_data: JobRecord | None
     content: list[Any]
     final_event: dict[str, Any] | None
     text: str
-    collected_usage: list[UsageRecord]
+    collected_usage: list[dict[str, Any]]
+    """:class:`~schemas.usage.UsageRecord` objects as the producer recorded them."""
     usage_already_claimed: bool = False
-    """True when an earlier abort already returned this job's usage: do not bill it again."""
+    """True when an earlier abort (or the completion) already returned this job's usage: do not
+    bill it again."""
 
     @classmethod
     def failed(cls) -> AbortResult:
@@ -166,6 +177,41 @@ class AbortResult(_Reply, frozen=True, kw_only=True):
             text="",
             collected_usage=[],
         )
+
+
+class CompletionResult(_Reply, frozen=True, kw_only=True):
+    """What the producer's ``complete``/``fail`` returns: the terminal event and the usage,
+    handed out here once."""
+
+    success: bool
+    status: str
+    seq: int
+    collected_usage: list[dict[str, Any]]
+    final_event: dict[str, Any]
+
+
+class OwnerRequest(_Request, frozen=True, kw_only=True):
+    """A replica asking a job's owner (``<prefix>.rpc.<owner>.<op>``, internal): ``snapshot``
+    (``{jobId}``), ``sync`` (``{jobId, syncSent}``), ``abort`` (``{jobId, userId, tenantId?,
+    by}``; ``by`` is what the user did, recorded as ``abortedBy``)."""
+
+    job_id: str
+    user_id: str | None = None
+    tenant_id: str | None = None
+    sync_sent: bool | None = None
+    by: str | None = None
+
+
+class SyncReply(_Reply, frozen=True, kw_only=True):
+    sync_sent: bool
+
+
+class AbortNotice(_Reply, frozen=True, kw_only=True):
+    """Published on ``<prefix>.abort.<job>`` after a job was aborted, whoever handled it, for
+    remote producers watching that subject. Replicas ignore it."""
+
+    notice: str = "aborted"
+    job_id: str
 
 
 class ActiveReply(_Reply, frozen=True, kw_only=True):
@@ -292,8 +338,12 @@ _CODEC_TYPES: Final[tuple[type[Struct], ...]] = (
     StatusReply,
     ResumeSnapshot,
     AbortResult,
+    CompletionResult,
     ActiveReply,
     CountsReply,
+    SyncReply,
+    AbortNotice,
+    OwnerRequest,
     IngestReply,
     ErrorBody,
 )

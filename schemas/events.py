@@ -48,6 +48,7 @@ from schemas.usage import UsageRecord
 
 HDR_KIND: Final = "Genjobs-Kind"
 HDR_INDEX: Final = "Genjobs-Index"
+HDR_WRITER: Final = "Genjobs-Writer"
 
 ATTACHMENT_EVENT: Final = "attachment"
 TOKEN_USAGE_EVENT: Final = "on_token_usage"

@@ -37,6 +37,21 @@ def can_transition(src: JobStatus, dst: JobStatus) -> bool:
     return dst in TRANSITIONS[src]
 
 
+class IllegalTransition(ValueError):
+    """A status change the table does not allow (e.g. ending a job that has ended)."""
+
+
+def transition(src: JobStatus, dst: JobStatus) -> JobStatus:
+    """Every status change goes through here. Returns ``dst``.
+
+    Raises:
+        IllegalTransition: ``TRANSITIONS`` does not allow ``src -> dst``.
+    """
+    if not can_transition(src, dst):
+        raise IllegalTransition(f"a job cannot go from {src.value} to {dst.value}")
+    return dst
+
+
 class UserMessage(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"):
     message_id: str
     parent_message_id: str | None = None
@@ -97,12 +112,6 @@ def encode_record(rec: JobRecord) -> bytes:
 def decode_record(data: bytes) -> JobRecord:
     """Raises: msgspec.DecodeError / ValidationError on a corrupt record."""
     return _dec.decode(data)
-
-
-def record_to_dict(rec: JobRecord) -> dict[str, Any]:
-    """The record as LibreChat's ``jobData`` JSON object."""
-    out: dict[str, Any] = msgspec.to_builtins(rec)
-    return out
 
 
 # Fields a producer may set through metadata updates (docs/protocol.md, job records).

@@ -437,6 +437,10 @@ async def test_a_slow_request_does_not_delay_others_on_the_same_endpoint(
         await a.create_job("u1", job_id="stuck")
         fine = await b.create_job("u1", job_id="fine")
         await a.kill()
+        # A stuck owner: its rpc subscription is there but never answers (a killed one would
+        # answer "no responders" at once, and the abort would not be slow at all).
+        stuck = await nc.subscribe(s.rpc_subject("rA", "abort"))
+        await nc.flush()
         slow = asyncio.create_task(ok_abort(nc, s, "stuck"))
         fast = await asyncio.gather(
             call(nc, s, "abort", {"jobId": "missing", "userId": "u1"}),
@@ -450,6 +454,7 @@ async def test_a_slow_request_does_not_delay_others_on_the_same_endpoint(
         assert ok(fast[2])["success"] is True
         assert fine.aborted.is_set()
         result = await slow  # taken over once the owner's lease ran out
+        await stuck.unsubscribe()
         assert result["jobData"]["status"] in ("aborted", "error")
 
 
@@ -527,8 +532,10 @@ async def test_stop_answers_requests_already_in_flight(nc: NATS, settings: Setti
         async def seen(_msg: Msg) -> None:
             forwarded.set()
 
-        # B asks the (dead) owner on the abort subject: proof that B is working on it.
-        sub = await nc.subscribe(s.abort_subject("late"), cb=seen)
+        # B asks the owner on its rpc subject, held here and never answered (a stuck owner):
+        # proof that B is working on it when the service stops.
+        sub = await nc.subscribe(s.rpc_subject("rA", "abort"), cb=seen)
+        await nc.flush()
         pending = asyncio.create_task(ok_abort(nc, s, "late"))
         async with asyncio.timeout(TIMEOUT):
             await forwarded.wait()

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from actors.stream_actor import StreamActor, _Out, _settle
+from actors.outbox import Out
 from schemas.content.coalesce import PlainRun, try_merge
 
 encode = msgspec.json.Encoder().encode
@@ -75,14 +75,14 @@ def _general(events: list[dict[str, Any]]) -> list[bytes]:
 
 
 def _actor(events: list[dict[str, Any]]) -> tuple[list[bytes], list[int]]:
-    pending: list[_Out] = []
+    pending: list[Out] = []
     for ev in events:
-        if pending and StreamActor._merge(pending[-1], ev):
+        if pending and pending[-1].merge(ev):
             pending[-1].count += 1
             continue
-        pending.append(_Out(ev, "step"))
+        pending.append(Out(ev, "step"))
     for out in pending:
-        _settle(out)
+        out.settle()
     return [encode(o.event) for o in pending], [o.count for o in pending]
 
 

@@ -12,10 +12,12 @@ import pytest
 
 from schemas import api, events, usage
 from schemas.api import (
+    AbortNotice,
     AbortRequest,
     AbortResult,
     ActiveReply,
     ActiveRequest,
+    CompletionResult,
     CountsReply,
     CountsRequest,
     CreateRequest,
@@ -27,10 +29,12 @@ from schemas.api import (
     IngestReply,
     IngestUserMessage,
     JobRequest,
+    OwnerRequest,
     ResumeRequest,
     ResumeSnapshot,
     StatusReply,
     StatusRequest,
+    SyncReply,
 )
 from schemas.events import (
     EventKind,
@@ -41,6 +45,7 @@ from schemas.events import (
     usage_event,
     validate_event,
 )
+from schemas.job import JobRecord, JobStatus
 from schemas.usage import (
     InputTokenDetails,
     OutputTokenDetails,
@@ -218,13 +223,38 @@ SAMPLES: list[msgspec.Struct] = [
     ),
     AbortResult(
         success=True,
-        job_data={"streamId": "c1", "status": "aborted"},
+        job_data=JobRecord(
+            stream_id="c1",
+            user_id="u1",
+            status=JobStatus.ABORTED,
+            created_at=1,
+            sync_sent=False,
+            owner="r1",
+            lease_until=2,
+            last_seq=9,
+            last_index=4,
+            first_seq=0,
+            collected_usage=[{"input_tokens": 3}],
+            usage_claimed=True,
+            usage_claimed_by="abort",
+            aborted_by="api",
+        ),
         content=[{"type": "text", "text": "a"}],
         final_event={"final": True, "aborted": True},
         text="a",
-        collected_usage=[OPENAI, ANTHROPIC],
+        collected_usage=[msgspec.to_builtins(OPENAI), msgspec.to_builtins(ANTHROPIC)],
         usage_already_claimed=True,
     ),
+    CompletionResult(
+        success=True,
+        status="complete",
+        seq=7,
+        collected_usage=[{"input_tokens": 3}],
+        final_event={"final": True},
+    ),
+    SyncReply(sync_sent=True),
+    AbortNotice(job_id="c1"),
+    OwnerRequest(job_id="c1", user_id="u1", tenant_id="t1", sync_sent=True, by="api"),
     ActiveReply(active_job_ids=["a", "b"]),
     CountsReply(running=1, complete=2, error=3, aborted=4),
     IngestUserMessage(message_id="u1", parent_message_id="p0", conversation_id="c1", text="hi"),

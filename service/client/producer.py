@@ -19,11 +19,15 @@ import logging
 from types import TracebackType
 from typing import Any
 
+import msgspec
+
+from actors.handle import ActorHandle
 from actors.inbox import InboxClosed
-from actors.stream_actor import Emit, Finish, Flush, RecordUsage, Snapshot, StreamActor, UpdateMeta
+from actors.messages import Emit, Flush, RecordUsage
+from actors.termination import Complete, Fail
 from schemas.errors import BadRequest, JobEnded
 from schemas.events import classify, is_terminal
-from schemas.job import JobRecord
+from schemas.job import METADATA_FIELDS
 
 log = logging.getLogger("genjobs.producer")
 
@@ -34,28 +38,19 @@ class EmitResult(enum.Enum):
     """The job has ended or is being aborted: the event was not taken (a no-op that says so)."""
 
 
-class JobHandle:
-    """A producer's handle on the actor of its job. Holds no state of the job itself."""
+class JobHandle(ActorHandle):
+    """A producer's handle on the actor of its job. Holds no state of the job itself.
 
-    def __init__(self, actor: StreamActor) -> None:
-        self._actor = actor
+    Results are returned as the JSON objects of docs/protocol.md (``CompletionResult``,
+    ``ResumeSnapshot``), the same the wire carries.
+    """
 
-    @property
-    def job_id(self) -> str:
-        return self._actor.job_id
+    __slots__ = ()
 
-    @property
-    def record(self) -> JobRecord:
-        return self._actor.rec
-
-    @property
-    def aborted(self) -> asyncio.Event:
-        """Set the moment anyone, on any replica, aborts the job."""
-        return self._actor.aborted
-
-    @property
-    def ended(self) -> bool:
-        return self._actor.ended.is_set()
+    @classmethod
+    def of(cls, handle: ActorHandle) -> JobHandle:
+        """The producer API on the actor behind ``handle``."""
+        return cls(handle._actor)
 
     async def wait_aborted(self) -> None:
         await self._actor.aborted.wait()
@@ -88,24 +83,19 @@ class JobHandle:
             return EmitResult.ENDED
         return EmitResult.ACCEPTED
 
-    async def _ask(self, cmd: Any) -> Any:
-        self._actor.request(cmd)
-        return await cmd.fut
-
-    def _future(self) -> asyncio.Future[Any]:
-        return asyncio.get_running_loop().create_future()
-
     async def flush(self) -> int:
         """Wait until every event emitted so far is durable; returns the last sequence.
 
         Raises:
             JobEnded: the job ended before they were stored.
         """
-        seq: int = await self._ask(Flush(self._future()))
-        return seq
+        fut: asyncio.Future[int] = self._future()
+        self._actor.request(Flush(fut))
+        return await fut
 
-    async def snapshot(self) -> dict[str, Any]:
-        snap: dict[str, Any] = await self._ask(Snapshot(self._future()))
+    async def snapshot(self) -> dict[str, Any]:  # type: ignore[override]
+        """The resume snapshot (docs/protocol.md) as of the last stored event."""
+        snap: dict[str, Any] = msgspec.to_builtins(await super().snapshot())
         return snap
 
     async def update_metadata(self, **fields: Any) -> None:
@@ -114,12 +104,10 @@ class JobHandle:
         Raises:
             BadRequest: an unknown field.  JobEnded: the job has ended.
         """
-        from schemas.job import METADATA_FIELDS
-
         unknown = set(fields) - set(METADATA_FIELDS) - {"syncSent"}
         if unknown:
             raise BadRequest(f"unknown metadata fields: {sorted(unknown)}")
-        await self._ask(UpdateMeta(fields, self._future()))
+        await self.update_meta(fields)
 
     async def record_usage(self, usage: dict[str, Any]) -> None:
         """Record the usage of one model call (OpenAI or Anthropic shape); durable on return.
@@ -129,7 +117,9 @@ class JobHandle:
         """
         if not isinstance(usage, dict):
             raise BadRequest("usage must be an object")
-        await self._ask(RecordUsage(dict(usage), self._future()))
+        fut: asyncio.Future[None] = self._future()
+        self._actor.request(RecordUsage(dict(usage), fut))
+        await fut
 
     async def complete(self, final_event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Publish the final event; returns ``{seq, collectedUsage, ...}`` — the job's usage,
@@ -138,9 +128,7 @@ class JobHandle:
         Raises:
             JobEnded: the job had already ended (e.g. it was aborted).
         """
-        result: dict[str, Any] = await self._ask(
-            Finish("complete", self._future(), final_event=final_event)
-        )
+        result: dict[str, Any] = msgspec.to_builtins(await self.finish(Complete(final_event)))
         return result
 
     async def fail(self, message: str) -> dict[str, Any]:
@@ -149,11 +137,8 @@ class JobHandle:
         Raises:
             JobEnded: the job had already ended.
         """
-        result: dict[str, Any] = await self._ask(Finish("error", self._future(), message=message))
+        result: dict[str, Any] = msgspec.to_builtins(await self.finish(Fail(message)))
         return result
-
-    async def wait_ended(self) -> None:
-        await self._actor.ended.wait()
 
     async def __aenter__(self) -> JobHandle:
         return self

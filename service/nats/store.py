@@ -24,6 +24,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from schemas.api import ResumeSnapshot
 from schemas.errors import Conflict, StoreFailed, Unavailable
 from schemas.job import JobRecord, decode_record, encode_record
 from service.config import Settings
@@ -38,6 +39,7 @@ HDR_KIND = "Genjobs-Kind"
 HDR_INDEX = "Genjobs-Index"
 HDR_WRITER = "Genjobs-Writer"
 _enc = msgspec.json.Encoder()
+_snapshot_decoder = msgspec.json.Decoder(ResumeSnapshot)
 
 
 def _ttl(seconds: float | None) -> float | None:
@@ -308,7 +310,7 @@ class Store:
     # --- snapshots ------------------------------------------------------------------------
 
     async def put_snapshot(
-        self, job_id: str, snapshot: dict[str, Any], *, ttl: float | None = None
+        self, job_id: str, snapshot: ResumeSnapshot, *, ttl: float | None = None
     ) -> None:
         data = _enc.encode(snapshot)
         if ttl is None:
@@ -318,15 +320,20 @@ class Store:
                 f"$KV.{self.s.snapshots_bucket}.{job_id}", data, msg_ttl=_ttl(ttl)
             )
 
-    async def get_snapshot(self, job_id: str) -> dict[str, Any] | None:
+    async def get_snapshot(self, job_id: str) -> ResumeSnapshot | None:
+        """The stored snapshot; None if there is none (or it is unreadable: it is derived
+        data, the log still holds every event)."""
         try:
             entry = await self.snapshots.get(job_id)
         except (KeyNotFoundError, KeyDeletedError):
             return None
         if not entry.value:
             return None
-        snap: dict[str, Any] = msgspec.json.decode(entry.value)
-        return snap
+        try:
+            return _snapshot_decoder.decode(entry.value)
+        except msgspec.DecodeError:
+            log.error("ignoring an unreadable snapshot of job %s", job_id)
+            return None
 
     async def delete_snapshot(self, job_id: str) -> None:
         await self.snapshots.purge(job_id, msg_ttl=_ttl(self.s.completed_ttl))

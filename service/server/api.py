@@ -41,6 +41,7 @@ from nats.micro.service import SEMVER_REGEX, Endpoint, EndpointStats, Service
 
 from schemas.api import (
     AbortRequest,
+    ActiveReply,
     ActiveRequest,
     CountsRequest,
     CreateRequest,
@@ -51,7 +52,8 @@ from schemas.api import (
 )
 from schemas.errors import BadRequest, Conflict, GenjobsError, TooLarge, Unavailable
 from schemas.ids import check_id, check_optional_id
-from schemas.job import JobStatus, record_to_dict
+from schemas.job import JobStatus
+from service.server.abort import BY_API
 from service.server.ingest import IngestGateway
 from service.server.replica import Replica
 from service.server.replies import (
@@ -370,43 +372,37 @@ class ServiceApi:
             existing = e.details.get("job_id")
             if req.idempotency_key is None or "owner" not in e.details or existing is None:
                 raise
-            rec, _ = await self.replica.ops.record(existing, user_id, tenant_id)
+            rec, _ = await self.replica.reads.record(existing, user_id, tenant_id)
             if rec.idempotency_key != req.idempotency_key or rec.status is not JobStatus.RUNNING:
                 raise
-            return record_to_dict(rec)
-        actor = self.replica.registry.get(handle.job_id)
-        if actor is not None:
-            self._ingest.watch(actor)
-        return record_to_dict(handle.record)
+            return rec
+        self._ingest.watch(handle)
+        return handle.record
 
     async def _status(self, data: bytes) -> Any:
-        return await self.replica.ops.status(*_job_ids(self._parse(data, StatusRequest)))
+        return await self.replica.resumes.status(*_job_ids(self._parse(data, StatusRequest)))
 
     async def _resume(self, data: bytes) -> Any:
-        return await self.replica.ops.resume(*_job_ids(self._parse(data, ResumeRequest)))
+        return await self.replica.resumes.resume(*_job_ids(self._parse(data, ResumeRequest)))
 
     async def _abort(self, data: bytes) -> Any:
         job_id, user_id, tenant_id = _job_ids(self._parse(data, AbortRequest))
-        return await self.replica.ops.abort(job_id, user_id, tenant_id, by="api")
+        return await self.replica.aborts.abort(job_id, user_id, tenant_id, by=BY_API)
 
     async def _active(self, data: bytes) -> Any:
         req: ActiveRequest = self._parse(data, ActiveRequest)
         user_id = check_id(req.user_id, "userId")
         tenant_id = check_optional_id(req.tenant_id, "tenantId")
-        return {"activeJobIds": await self.replica.ops.active(user_id, tenant_id)}
+        return ActiveReply(active_job_ids=await self.replica.reads.active(user_id, tenant_id))
 
     async def _counts(self, data: bytes) -> Any:
         self._parse(data, CountsRequest)
-        return await self.replica.ops.counts()
+        return await self.replica.reads.counts()
 
     async def _sync(self, data: bytes) -> Any:
         req: SyncRequest = self._parse(data, SyncRequest)
         job_id, user_id, tenant_id = _job_ids(req)
-        if req.sync_sent is None:
-            rec, _ = await self.replica.ops.record(job_id, user_id, tenant_id)
-            return {"syncSent": rec.sync_sent}
-        value = await self.replica.ops.set_sync_sent(job_id, user_id, tenant_id, req.sync_sent)
-        return {"syncSent": value}
+        return await self.replica.reads.sync_sent(job_id, user_id, tenant_id, req.sync_sent)
 
     def _parse(self, data: bytes, type_: type[Any]) -> Any:
         """Raises: TooLarge, BadRequest."""

@@ -22,8 +22,9 @@ from typing import Any, Final
 import msgspec
 from nats.aio.msg import Msg
 
-from actors.messages import Ingest
-from actors.stream_actor import StreamActor
+from actors.handle import ActorHandle
+from actors.messages import Ingest, IngestOutcome
+from actors.termination import Complete, Fail
 from schemas.api import IngestReply, decode_ingest, encode
 from schemas.errors import BadRequest, GenjobsError, JobEnded, TooLarge, Unavailable
 from schemas.events import classify
@@ -107,11 +108,11 @@ class IngestGateway:
         try:
             try:
                 cmd = self._command(msg.data)
-                actor.request(cmd)
+                actor.ingest(cmd)
             except JobEnded:
                 next_index = self._watched.get(job_id, 0)
                 await self._answer_ended(
-                    msg, job_id, actor.rec.status, actor.aborted.is_set(), next_index
+                    msg, job_id, actor.status, actor.aborted.is_set(), next_index
                 )
                 return
             self.watch(actor)
@@ -142,17 +143,18 @@ class IngestGateway:
                     raise BadRequest(f"events[{i}]: nested deeper than {MAX_EVENT_DEPTH} levels")
             if batch.complete is not None and _too_deep(batch.complete, MAX_EVENT_DEPTH):
                 raise BadRequest(f"complete: nested deeper than {MAX_EVENT_DEPTH} levels")
-        items: list[tuple[str, Any]] = [("event", (ev, classify(ev).value)) for ev in batch.events]
-        items.extend(("usage", msgspec.to_builtins(u)) for u in batch.usage)
+        events = [(ev, classify(ev).value) for ev in batch.events]
+        usage: list[dict[str, Any]] = [msgspec.to_builtins(u) for u in batch.usage]
+        ending: Complete | Fail | None = None
         if batch.complete is not None:
-            items.append(("complete", batch.complete))
+            ending = Complete(batch.complete)
         elif batch.error is not None:
-            items.append(("error", batch.error))
+            ending = Fail(batch.error)
         metadata = msgspec.to_builtins(batch.metadata) if batch.metadata is not None else None
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        return Ingest(batch.first_index, items, metadata or None, fut)
+        fut: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
+        return Ingest(batch.first_index, events, usage, ending, metadata or None, fut)
 
-    async def _await_stored(self, msg: Msg, actor: StreamActor, cmd: Ingest) -> None:
+    async def _await_stored(self, msg: Msg, actor: ActorHandle, cmd: Ingest) -> None:
         job_id = actor.job_id
         try:
             try:
@@ -161,7 +163,7 @@ class IngestGateway:
             except JobEnded:
                 next_index = self._watched.get(job_id, 0)
                 await self._answer_ended(
-                    msg, job_id, actor.rec.status, actor.aborted.is_set(), next_index
+                    msg, job_id, actor.status, actor.aborted.is_set(), next_index
                 )
                 return
             except GenjobsError as e:
@@ -178,19 +180,14 @@ class IngestGateway:
                 log.exception("ingest %s: unexpected error", job_id)
                 await self._error(msg, Unavailable("internal error"))
                 return
-            next_index = int(result.get("nextIndex", 0))
+            next_index = result.next_index
             if job_id in self._watched:
                 self._watched[job_id] = max(self._watched[job_id], next_index)
-            if result.get("ended"):
-                await self._answer_ended(
-                    msg, job_id, actor.rec.status, bool(result.get("aborted")), next_index
-                )
+            if result.ended:
+                await self._answer_ended(msg, job_id, actor.status, result.aborted, next_index)
                 return
             reply = IngestReply(
-                ok=bool(result.get("ok")),
-                next_index=next_index,
-                seq=result.get("seq"),
-                aborted=bool(result.get("aborted")),
+                ok=True, next_index=next_index, seq=result.seq, aborted=result.aborted
             )
             await send(self.replica.nc, msg, encode(reply))
         finally:
@@ -212,30 +209,20 @@ class IngestGateway:
 
     # --- ended jobs -------------------------------------------------------------------------
 
-    def watch(self, actor: StreamActor) -> None:
-        """Keep a tombstone when ``actor`` ends (chained onto its ``on_end`` callback)."""
+    def watch(self, actor: ActorHandle) -> None:
+        """Keep a tombstone when ``actor`` ends."""
         job_id = actor.job_id
         if job_id in self._watched:
             return
         self._watched[job_id] = 0
-        if actor.inbox.closed:  # already ended: on_end has run
-            self._remember(actor)
-            return
-        previous = actor.on_end
+        actor.on_end(self._remember)
 
-        def ended(a: StreamActor) -> None:
-            if previous is not None:
-                previous(a)
-            self._remember(a)
-
-        actor.on_end = ended
-
-    def _remember(self, actor: StreamActor) -> None:
+    def _remember(self, actor: ActorHandle) -> None:
         next_index = self._watched.pop(actor.job_id, 0)
         now = time.monotonic()
         self._ended[actor.job_id] = _Ended(
-            status=actor.rec.status,
-            aborted=actor.aborted.is_set() or actor.rec.status is JobStatus.ABORTED,
+            status=actor.status,
+            aborted=actor.aborted.is_set() or actor.status is JobStatus.ABORTED,
             next_index=next_index,
             expires=now + self.s.completed_ttl,
         )

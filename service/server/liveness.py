@@ -15,18 +15,25 @@ import asyncio
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
+from schemas.job import JobRecord
 from service.config import Settings
 from service.nats.store import Store
 
 if TYPE_CHECKING:
     from actors.registry import Registry
-    from service.server.ops import JobOps
+
+
+class OrphanEnder(Protocol):
+    """What the janitor needs: ``service.server.takeover.Takeover`` (no import circle)."""
+
+    async def fail_orphan(self, rec: JobRecord, rev: int, reason: str = "owner lost") -> bool: ...
+
 
 log = logging.getLogger("genjobs.liveness")
 
@@ -85,7 +92,7 @@ class Liveness:
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
 
-    async def janitor_loop(self, ops: JobOps) -> None:
+    async def janitor_loop(self, ops: OrphanEnder) -> None:
         """End jobs whose owner died: promptly for replicas seen dying, by sweep for the rest."""
         next_sweep = time.monotonic() + self.s.lease_ttl  # give heartbeats time to arrive first
         tick = max(0.2, min(1.0, self.s.lease_ttl / 4))
@@ -112,8 +119,9 @@ class Liveness:
             return self.registry is not None and job_id not in self.registry
         return not self.is_alive(owner)
 
-    async def sweep(self, ops: JobOps) -> int:
-        """Fail every running job whose owner is gone; returns how many this replica ended."""
+    async def sweep(self, ops: OrphanEnder) -> int:
+        """End every running job whose owner is gone (with ``owner lost``, or from its log when
+        the log has ended: the record is repaired); returns how many this replica ended."""
         ended = 0
         for rec in await self.store.all_records():
             if rec.status.terminal or not self._orphaned(rec.owner, rec.stream_id):

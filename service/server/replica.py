@@ -21,15 +21,15 @@ import uuid
 from types import TracebackType
 from typing import Any
 
-import msgspec
 import nats
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import NoStreamResponseError
 
+from actors.handle import ActorHandle
 from actors.registry import Registry
-from actors.stream_actor import Finish, StreamActor, UpdateMeta
+from actors.stream_actor import StreamActor
+from actors.termination import SHUTDOWN_MESSAGE, Fail
 from schemas.errors import BadRequest, Conflict, GenjobsError, JobEnded, Unavailable
 from schemas.ids import check_id, check_optional_id
 from schemas.job import JobRecord, JobStatus
@@ -38,13 +38,18 @@ from service.client.producer import JobHandle
 from service.config import Settings
 from service.nats.provision import provision
 from service.nats.store import Store
+from service.server.abort import BY_REPLACE, Aborts
 from service.server.liveness import CleanupWorker, Liveness
-from service.server.ops import JobOps, abort_local, authorize, idempotent_job_id, now_ms
+from service.server.ops import JobOps
+from service.server.owner_link import OwnerLink
+from service.server.reads import Reads, authorize, idempotent_job_id
+from service.server.resume import Resumes
+from service.server.rpc import OwnerRpc
+from service.server.takeover import Takeover, now_ms
 
 log = logging.getLogger("genjobs.replica")
-_enc = msgspec.json.Encoder()
 
-SHUTDOWN_MESSAGE = "interrupted: replica shutting down"
+__all__ = ["SHUTDOWN_MESSAGE", "Replica"]
 
 
 class Replica:
@@ -83,7 +88,13 @@ class Replica:
         self.store = Store(self.nc, self.s)
         await self.store.open()
         self.liveness = Liveness(self.store, self.s, self.registry)
-        self.ops = JobOps(self.store, self.s, self.registry, self.liveness)
+        owner = OwnerLink(self.nc, self.s)
+        self.takeover = Takeover(self.store, self.s, self.registry)
+        self.aborts = Aborts(self.store, self.s, self.registry, self.liveness, self.takeover, owner)
+        self.resumes = Resumes(self.store, self.s, self.registry, owner)
+        self.reads = Reads(self.store, self.s, self.registry, owner)
+        self.ops = JobOps(self.reads, self.resumes, self.aborts, self.takeover)
+        self._rpc = OwnerRpc(self.registry, self.aborts)
         self.cleanup = CleanupWorker(self.store, self.s)
         self.presence = PresenceTracker(self.nc, self.s, self.registry)
         self.presence.callbacks.append(self._reset_sync_sent)
@@ -92,8 +103,8 @@ class Replica:
         await self.cleanup.start()
         p = self.s.prefix
         self._subs = [
-            await self.nc.subscribe(f"{p}.abort.*", cb=self._on_abort),
-            await self.nc.subscribe(f"{p}.rpc.{self.replica_id}.*", cb=self._on_rpc),
+            await self.nc.subscribe(f"{p}.abort.*", cb=self.aborts.on_subject),
+            await self.nc.subscribe(f"{p}.rpc.{self.replica_id}.*", cb=self._rpc.on_msg),
         ]
         self._ready = asyncio.get_running_loop().create_future()
         self._supervisor = asyncio.create_task(self._supervise(), name=f"replica:{self.replica_id}")
@@ -123,7 +134,7 @@ class Replica:
                 self._background = [
                     tg.create_task(self.liveness.heartbeat_loop(), name="heartbeat"),
                     tg.create_task(self.liveness.watch_loop(), name="liveness-watch"),
-                    tg.create_task(self.liveness.janitor_loop(self.ops), name="janitor"),
+                    tg.create_task(self.liveness.janitor_loop(self.takeover), name="janitor"),
                     tg.create_task(self.presence.expire_loop(), name="presence"),
                 ]
                 self._ready.set_result(None)
@@ -147,14 +158,11 @@ class Replica:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         # 2. terminal events for running jobs, bounded by the grace period
-        loop = asyncio.get_running_loop()
         futures = []
         for actor in self.registry.actors():
-            fut: asyncio.Future[Any] = loop.create_future()
-            actor.signal_abort()  # the producer's signal to stop generating
+            actor.stop_producer()  # the producer's signal to stop generating
             try:
-                actor.request(Finish("error", fut, message=SHUTDOWN_MESSAGE))
-                futures.append(fut)
+                futures.append(actor.request_finish(Fail.shutdown()))
             except GenjobsError:
                 continue
         if futures:
@@ -266,9 +274,9 @@ class Replica:
                 authorize(rec, user_id, tenant_id)
                 if rec.status is JobStatus.RUNNING:
                     if idempotency_key and rec.idempotency_key == idempotency_key:
-                        actor = self.registry.get(job_id)
-                        if actor is not None:
-                            return JobHandle(actor)
+                        running = self.registry.get(job_id)
+                        if running is not None:
+                            return self._producer_handle(running)
                         raise Conflict(
                             f"job {job_id} exists and is owned by replica {rec.owner}",
                             job_id=job_id,
@@ -276,7 +284,7 @@ class Replica:
                         )
                     if not replace:
                         raise Conflict(f"job {job_id} is running", job_id=job_id)
-                    await self.ops.abort(job_id, user_id, tenant_id, by="replace")
+                    await self.aborts.abort(job_id, user_id, tenant_id, by=BY_REPLACE)
                     continue
                 new = self._new_record(job_id, user_id, tenant_id, conversation_id, idempotency_key)
                 # A new generation under a reused id starts on an empty subject.
@@ -304,7 +312,7 @@ class Replica:
             )
             self.registry.start(actor)  # raises if closing; the task runs from the next tick
             self.store.claim_local(job_id)
-            handle = JobHandle(actor)
+            handle = self._producer_handle(actor.handle)
             if metadata:
                 await handle.update_metadata(**metadata)
             return handle
@@ -356,60 +364,8 @@ class Replica:
 
     def handle(self, job_id: str) -> JobHandle | None:
         actor = self.registry.get(job_id)
-        return JobHandle(actor) if actor is not None else None
+        return self._producer_handle(actor) if actor is not None else None
 
-    # --- NATS handlers --------------------------------------------------------------------
-
-    async def _on_abort(self, msg: Msg) -> None:
-        """``<prefix>.abort.<job_id>``: only the owner answers; others stay silent."""
-        job_id = msg.subject.rsplit(".", 1)[1]
-        actor = self.registry.get(job_id)
-        if actor is None:
-            return
-        try:
-            body = msgspec.json.decode(msg.data) if msg.data else {}
-            if not isinstance(body, dict):
-                raise BadRequest("abort body must be a JSON object")
-            if "notice" in body:
-                return  # an owner's announcement for remote producers, not a request
-            user_id = body.get("userId")
-            if user_id is None:
-                raise BadRequest("userId is required")
-            authorize(
-                actor.rec,
-                check_id(user_id, "userId"),
-                check_optional_id(body.get("tenantId"), "tenantId"),
-            )
-            result = await abort_local(actor, by=str(body.get("by", "abort-subject")))
-            reply: bytes = _enc.encode(result)
-        except msgspec.DecodeError:
-            reply = _enc.encode(BadRequest("malformed JSON").body())
-        except GenjobsError as e:
-            reply = _enc.encode(e.body())
-        if msg.reply:
-            await msg.respond(reply)
-
-    async def _on_rpc(self, msg: Msg) -> None:
-        op = msg.subject.rsplit(".", 1)[1]
-        try:
-            body = msgspec.json.decode(msg.data)
-            actor = self.registry.get(str(body.get("jobId")))
-            if actor is None:
-                reply = _enc.encode({"error": {"code": "not_found", "message": "not owned here"}})
-            elif op == "snapshot":
-                reply = _enc.encode(actor.snapshot())
-            elif op == "sync":
-                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                actor.request(UpdateMeta({"syncSent": bool(body.get("syncSent"))}, fut))
-                await fut
-                reply = _enc.encode({"syncSent": actor.rec.sync_sent})
-            else:
-                reply = _enc.encode(
-                    {"error": {"code": "bad_request", "message": f"unknown op {op}"}}
-                )
-        except (msgspec.DecodeError, AttributeError):
-            reply = _enc.encode({"error": {"code": "bad_request", "message": "malformed request"}})
-        except GenjobsError as e:
-            reply = _enc.encode(e.body())
-        if msg.reply:
-            await msg.respond(reply)
+    @staticmethod
+    def _producer_handle(actor: ActorHandle) -> JobHandle:
+        return JobHandle.of(actor)

@@ -1,0 +1,147 @@
+"""The handle on a running job's actor: the only way code outside the actor reaches it.
+
+Everything here queues a message or sets a signal; nothing assigns the actor's state. The
+registry hands these out (``Registry.get``), the producer API builds on it
+(``service.client.producer.JobHandle``), and the server side (abort, resume, ingest, the
+shutdown) calls its methods instead of touching the actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from actors.messages import Finish, Ingest, Snapshot, UpdateMeta
+from actors.termination import Abort, Ending
+from schemas.api import AbortResult, CompletionResult, ResumeSnapshot
+from schemas.job import JobRecord, JobStatus
+
+if TYPE_CHECKING:
+    from actors.stream_actor import ActorStats, StreamActor
+
+
+class ActorHandle:
+    """A handle on one actor. Holds no state of the job itself."""
+
+    __slots__ = ("_actor",)
+
+    def __init__(self, actor: StreamActor) -> None:
+        self._actor = actor
+
+    # --- reads (the actor's current values; never assign through them) ----------------------
+
+    @property
+    def job_id(self) -> str:
+        return self._actor.job_id
+
+    @property
+    def record(self) -> JobRecord:
+        """The job's record as the actor holds it now (read-only for callers)."""
+        return self._actor.rec
+
+    @property
+    def status(self) -> JobStatus:
+        return self._actor.rec.status
+
+    @property
+    def aborted(self) -> asyncio.Event:
+        """Set the moment anyone, on any replica, aborts the job."""
+        return self._actor.aborted
+
+    @property
+    def ended(self) -> bool:
+        return self._actor.ended.is_set()
+
+    @property
+    def closed(self) -> bool:
+        """The actor takes no more messages (its end callbacks have run)."""
+        return self._actor.inbox.closed
+
+    @property
+    def stats(self) -> ActorStats:
+        return self._actor.stats
+
+    def current_snapshot(self) -> ResumeSnapshot:
+        """Resume state as of the last acknowledged event (in memory, no queueing)."""
+        return self._actor.snapshot()
+
+    async def wait_ended(self) -> None:
+        await self._actor.ended.wait()
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def _future(self) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    async def abort(self, by: str) -> AbortResult:
+        """Abort: the producer is signalled at once, then the actor writes the abort final.
+
+        Returns the ``AbortResult`` with the usage for the first abort, ``usageAlreadyClaimed``
+        for an abort that arrives while (or after) the job ends.
+
+        Raises:
+            JobEnded: the actor had already gone (read the record instead).
+            OwnershipLost: another replica took the job over meanwhile.
+        """
+        self._actor.signal_abort()
+        result = await self.finish(Abort(by))
+        if isinstance(result, AbortResult):
+            return result
+        raise AssertionError("an abort is answered with an AbortResult")
+
+    async def finish(self, ending: Ending) -> AbortResult | CompletionResult:
+        """End the job (``actors.termination``).
+
+        Raises:
+            JobEnded: the job had already ended (or the actor is gone).
+        """
+        return await self.request_finish(ending)
+
+    def request_finish(self, ending: Ending) -> asyncio.Future[AbortResult | CompletionResult]:
+        """Queue the end and return the future that answers it (no task needed).
+
+        Raises:
+            JobEnded: the actor takes no more messages.
+        """
+        fut: asyncio.Future[AbortResult | CompletionResult] = self._future()
+        self._actor.request(Finish(ending, fut))
+        return fut
+
+    def stop_producer(self) -> None:
+        """The producer's signal to stop generating (the replica's shutdown)."""
+        self._actor.signal_abort()
+
+    async def snapshot(self) -> ResumeSnapshot:
+        fut: asyncio.Future[ResumeSnapshot] = self._future()
+        self._actor.request(Snapshot(fut))
+        return await fut
+
+    async def update_meta(self, fields: dict[str, Any]) -> None:
+        """Raises: JobEnded."""
+        fut: asyncio.Future[None] = self._future()
+        self._actor.request(UpdateMeta(fields, fut))
+        await fut
+
+    def ingest(self, cmd: Ingest) -> None:
+        """Queue a remote producer's batch (in the caller's order); ``cmd.fut`` answers it.
+
+        Raises:
+            JobEnded: the actor takes no more messages.
+        """
+        self._actor.request(cmd)
+
+    def on_end(self, callback: Callable[[ActorHandle], None]) -> None:
+        """Run ``callback(handle)`` when the actor ends (after the earlier callbacks); at once
+        if it has ended already."""
+        if self.closed:
+            callback(self)
+            return
+        previous = self._actor.on_end
+
+        def ended(a: StreamActor) -> None:
+            if previous is not None:
+                previous(a)
+            callback(self)
+
+        self._actor.on_end = ended
