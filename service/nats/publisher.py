@@ -42,6 +42,10 @@ log = logging.getLogger("genjobs.publisher")
 
 HDR_EXPECTED_LAST_SUBJ_SEQ = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST_SEQUENCE = 10071
+WRONG_LAST_SEQUENCE_IN_FLIGHT = 10164
+"""A replicated stream's answer "wrong last sequence" without a sequence: another write to the
+subject with an expected last sequence is still being processed (often our own timed-out
+attempt). Not a verdict: once that write settles, the same publish gets an ack or 10071."""
 MAX_PER_SUBJECT = 10077  # "maximum messages per subject exceeded"
 CLUSTER_NOT_AVAILABLE = 10008  # "JetStream system temporarily unavailable"
 _IDENTITY = ("Genjobs-Index", "Genjobs-Writer", "Genjobs-Kind")
@@ -87,10 +91,11 @@ class PublishRejected(Exception):
 
     @property
     def transient(self) -> bool:
-        """No responders, or the cluster temporarily unavailable: the same publish may succeed
-        after an election. (Status 503 alone is not enough: JetStream also answers 503 to a
-        full subject, err_code 10077, which no retry fixes.)"""
-        return self.err_code in (503, CLUSTER_NOT_AVAILABLE)
+        """No responders, the cluster temporarily unavailable, or a fenced write to the same
+        subject still in flight: the same publish may succeed after an election or once that
+        write settles. (Status 503 alone is not enough: JetStream also answers 503 to a full
+        subject, err_code 10077, which no retry fixes.)"""
+        return self.err_code in (503, CLUSTER_NOT_AVAILABLE, WRONG_LAST_SEQUENCE_IN_FLIGHT)
 
 
 class FencedPublisher:

@@ -208,6 +208,8 @@ class Writer:
     unacked: list[int] = field(default_factory=list)
     failed_attempts: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
+    errors: dict[int, str] = field(default_factory=dict)
+    """The first error body per status, for the figures."""
     _gw: int = 0
 
     def _next_gateway(self) -> None:
@@ -224,8 +226,10 @@ class Writer:
         url = stream_url(self.gateways[self._gw], self.stream)
         try:
             async with http.post(url, data=body, headers=headers) as r:
-                await r.read()
+                text = await r.read()
                 self.statuses[r.status] += 1
+                if r.status not in (200, 204):
+                    self.errors.setdefault(r.status, text[:300].decode(errors="replace"))
                 if r.status in (200, 204):
                     return True
                 if self.idempotent and r.status in (400, 403, 409):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
@@ -130,6 +131,17 @@ class Run:
         )
         self.figures.update(**check_stream(first_msgs, self.writers))
         self.figures["follower_resumes"] = follower.resumes
+        statuses: Counter[int] = Counter()
+        for w in self.writers:
+            statuses.update(w.statuses)
+        self.figures["http_statuses"] = ",".join(f"{k}:{n}" for k, n in sorted(statuses.items()))
+        errors = {k: v for w in self.writers for k, v in w.errors.items()}
+        if errors:
+            self.figures["http_errors"] = "; ".join(f"{k}: {v}" for k, v in sorted(errors.items()))
+        # A fault may make an append wait or fail with 503 (storage unavailable); anything
+        # else from the server (a 500 for a lost race, a 409 to a plain append) is a bug.
+        wrong = {k: v for k, v in errors.items() if k != 503}
+        assert not wrong, f"appends answered with errors that are not 503: {wrong}"
         # Resuming mid-stream from an offset one gateway gave, on another, gives the rest.
         chunks, _ = await read_all(http, self.gateways[0].url, self.stream)
         if len(chunks) > 1 or len(first_msgs) > 1:

@@ -249,8 +249,12 @@ class DurableStore:
                     )
                 except PublishRejected as e:
                     if e.err_code == WRONG_LAST_SEQUENCE:
-                        st, _ = await self._catch_up(rec, st)
+                        # An earlier attempt of this very append (timed out, or answered
+                        # "in flight") may be what moved the tail: then it is stored.
+                        st, landed = await self._catch_up(rec, st, look_for=append_id)
                         fresh = True
+                        if landed is not None:
+                            return success(req, landed, st)
                         continue
                     if not e.transient:
                         raise DsError(500, f"append refused: {e.description}") from e
