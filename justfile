@@ -31,6 +31,11 @@ check:
 bench *ARGS:
     {{py}} -m bench.run {{ARGS}}
 
+# `just bench` on two git revisions back to back, each in a temporary worktree, alternating
+# runs (--rounds N), then a before/after table (bench/compare.py). Run it on an idle machine.
+bench-compare BEFORE AFTER *ARGS:
+    {{py}} -m bench.compare {{BEFORE}} {{AFTER}} {{ARGS}}
+
 # Tiny benchmark run: checks every figure is produced (also part of `just test`).
 bench-smoke:
     {{py}} -m bench.run --smoke
@@ -42,12 +47,26 @@ bench-deps:
     {{py}} -m pip install -q -e '.[bench]'
     npm ci --no-audit --no-fund
 
+# The architecture's shape: upward imports, import cycles, modules and functions over the
+# size limits (tests/test_layers.py fails on them).
+structure:
+    {{py}} -m tests.structure
+
 # Long fault-injection variants (kill -9, restarts, cluster failover; the short ones run in
 # `just test`). Figures go to the terminal and, as JSON lines, to $GENJOBS_FAULTS_REPORT if set.
 chaos *ARGS:
     {{py}} -m pytest -m slow tests/faults {{ARGS}}
 
+# The HTTP gateway (a plain NATS client; needs GENJOBS_JWT_SECRET, or GENJOBS_AUTH=none for dev).
+gateway *ARGS:
+    {{py}} -m service.cli gateway {{ARGS}}
+
+# Which HTTP stack holds idle SSE connections cheaper: aiohttp vs Starlette on uvicorn (bench extra).
+bench-stack *ARGS:
+    {{py}} -m bench.sse_stack {{ARGS}}
+
 # The Durable Streams conformance suite (332 tests, pinned in package-lock.json) against genjobs
 # on a real nats-server; `npm ci` first if node_modules is missing or stale. `-t PATTERN` filters.
+[positional-arguments]
 conformance *ARGS:
-    {{py}} conformance/run.py {{ARGS}}
+    {{py}} conformance/run.py "$@"

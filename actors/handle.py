@@ -12,7 +12,8 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from actors.messages import Finish, Ingest, Snapshot, UpdateMeta
+from actors.inbox import InboxClosed
+from actors.messages import Emit, Finish, Flush, Ingest, RecordUsage, Snapshot, UpdateMeta
 from actors.termination import Abort, Ending
 from schemas.api import AbortResult, CompletionResult, ResumeSnapshot
 from schemas.job import JobRecord, JobStatus
@@ -54,9 +55,24 @@ class ActorHandle:
         return self._actor.ended.is_set()
 
     @property
+    def accepting(self) -> bool:
+        """Whether the actor still takes producer events (not ending, not aborted)."""
+        return self._actor.accepting
+
+    @property
     def closed(self) -> bool:
         """The actor takes no more messages (its end callbacks have run)."""
         return self._actor.inbox.closed
+
+    @property
+    def ingested(self) -> int:
+        """The next producer index a remote producer's batch must start at."""
+        return self._actor.ingested
+
+    @property
+    def last_seq(self) -> int:
+        """Stream sequence of the job's last stored event (its terminal one once ended)."""
+        return self._actor.last_seq
 
     @property
     def stats(self) -> ActorStats:
@@ -107,6 +123,36 @@ class ActorHandle:
         fut: asyncio.Future[AbortResult | CompletionResult] = self._future()
         self._actor.request(Finish(ending, fut))
         return fut
+
+    async def put_event(self, event: dict[str, Any], kind: str) -> bool:
+        """Queue a producer event, waiting while the inbox is full; False if the job ended."""
+        if not self._actor.accepting:
+            return False
+        try:
+            await self._actor.inbox.put_event(Emit(event, kind))
+        except InboxClosed:
+            return False
+        return True
+
+    async def flush(self) -> int:
+        """Wait until every event queued so far is durable; returns the last sequence.
+
+        Raises:
+            JobEnded: the job ended before they were stored.
+        """
+        fut: asyncio.Future[int] = self._future()
+        self._actor.request(Flush(fut))
+        return await fut
+
+    async def add_usage(self, usage: dict[str, Any]) -> None:
+        """Record one model call's usage; durable on return. Raises: JobEnded."""
+        fut: asyncio.Future[None] = self._future()
+        self._actor.request(RecordUsage(usage, fut))
+        await fut
+
+    def bind_producer(self, task: asyncio.Task[Any]) -> None:
+        """Cancel ``task`` when the job is aborted."""
+        self._actor.bind_producer(task)
 
     def stop_producer(self) -> None:
         """The producer's signal to stop generating (the replica's shutdown)."""

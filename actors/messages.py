@@ -76,7 +76,8 @@ class Ingest:
     ``ending`` (``Complete`` or ``Fail``). The outcome is sent once every item is durable; items
     at indices the actor already took are acknowledged, not repeated."""
 
-    first_index: int
+    first_index: int | None
+    """None: at the actor's next index (a terminal-only batch needs no position)."""
     events: list[tuple[dict[str, Any], str]]
     usage: list[dict[str, Any]]
     ending: Complete | Fail | None

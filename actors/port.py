@@ -37,7 +37,13 @@ class ActorPort(Protocol):
     async def load_record(self, job_id: str) -> tuple[JobRecord, int] | None: ...
 
     async def subject_last(self, job_id: str) -> tuple[int, dict[str, Any]] | None:
-        """(seq, headers) of the job's last stored event, None if there is none."""
+        """(seq, headers) of the job's last stored event, None if there is none.
+
+        Rides out an outage (the store retries under its outage policy).
+
+        Raises:
+            StoreFailed: the stream did not answer within the outage budget, or refused.
+        """
         ...
 
     def delivered(

@@ -2,13 +2,9 @@
 
 One task reads one inbox and is the only code that assigns to the job's state: status, next
 index, aggregator, usage, abort signal. Events are published one at a time (the subject fence
-needs the previous sequence); while a publish is in flight, later text/reasoning deltas are
-coalesced into the next message, so light load gives one event per token and heavy load fewer,
-larger messages with the same aggregate.
-
-The aggregator advances only when a publish is acknowledged, so a snapshot's content is exactly
-the content of the events up to its ``seq``: a reader continuing at ``seq + 1`` gets neither a
-gap nor a duplicate.
+needs the previous sequence), coalesced while a publish is in flight (``actors.outbox``). The
+aggregator advances only when a publish is acknowledged, so a snapshot's content is exactly
+that of the events up to its ``seq``. How the job ends is ``actors.termination``'s decision.
 """
 
 from __future__ import annotations
@@ -39,12 +35,13 @@ from actors.messages import (
 )
 from actors.outbox import Out, Outbox
 from actors.port import ActorPort
+from actors.snapshot import snapshot_of
 from actors.termination import Abort, Complete, Ending, Fail, Reason, claim_ended, terminate
 from schemas.api import AbortResult, CompletionResult, ResumeSnapshot
 from schemas.content.aggregator import ContentAggregator
 from schemas.errors import BadRequest, GenjobsError, JobEnded, OwnershipLost, StoreFailed
 from schemas.events import HDR_INDEX, HDR_KIND, HDR_WRITER, EventKind
-from schemas.job import METADATA_FIELDS, JobRecord, JobStatus
+from schemas.job import JobRecord, JobStatus, apply_metadata, track_user_message
 
 log = logging.getLogger("genjobs.actor")
 
@@ -109,6 +106,11 @@ class StreamActor:
     @property
     def status(self) -> JobStatus:
         return self.rec.status
+
+    @property
+    def ingested(self) -> int:
+        """The next producer index a remote producer's batch must start at."""
+        return self._ingested
 
     # --- called from outside the actor task (through the handle); only queue or signal ------
 
@@ -207,18 +209,19 @@ class StreamActor:
             outcome = IngestOutcome(self._ingested, None, self.aborted.is_set(), ended=True)
             resolve(c.fut, outcome)
             return
-        if c.first_index > self._ingested:
-            gap = f"gap: expected firstIndex {self._ingested}, got {c.first_index}"
+        first = self._ingested if c.first_index is None else c.first_index
+        if first > self._ingested:
+            gap = f"gap: expected firstIndex {self._ingested}, got {first}"
             reject(c.fut, BadRequest(gap))
             return
         if c.metadata:
-            self._set_meta(c.metadata)
+            apply_metadata(self.rec, c.metadata)
             await self._persist()
         items: list[Emit | dict[str, Any] | Complete | Fail] = [Emit(e, k) for e, k in c.events]
         items.extend(c.usage)
         if c.ending is not None:
             items.append(c.ending)
-        fresh = items[self._ingested - c.first_index :]
+        fresh = items[self._ingested - first :]
         terminal: Finish | None = None
         usage_added = False
         for item in fresh:
@@ -301,28 +304,11 @@ class StreamActor:
             name = ev.get("event")
             if isinstance(name, str):
                 self.agg.apply(name, ev.get("data"))
-        elif out.kind == "created":
-            msg = ev.get("message")
-            if isinstance(msg, dict):
-                self.rec.user_message = {
-                    k: msg[k]
-                    for k in ("messageId", "parentMessageId", "conversationId", "text")
-                    if k in msg
-                }
-                if self.rec.conversation_id is None and isinstance(msg.get("conversationId"), str):
-                    self.rec.conversation_id = msg["conversationId"]
-                await self._persist()
-
-    def _set_meta(self, fields: dict[str, Any]) -> None:
-        for key, value in fields.items():
-            attr = METADATA_FIELDS.get(key)
-            if attr is not None:
-                setattr(self.rec, attr, value)
-            elif key == "syncSent":
-                self.rec.sync_sent = bool(value)
+        elif out.kind == "created" and track_user_message(self.rec, ev.get("message")):
+            await self._persist()
 
     async def _apply_meta(self, c: UpdateMeta) -> None:
-        self._set_meta(c.fields)
+        apply_metadata(self.rec, c.fields)
         await self._persist()
         self._dirty = True
         resolve(c.fut, None)
@@ -350,19 +336,7 @@ class StreamActor:
 
     def snapshot(self) -> ResumeSnapshot:
         """Resume state as of ``seq`` (the last acknowledged event)."""
-        r = self.rec
-        return ResumeSnapshot(
-            run_steps=self.agg.run_steps(),
-            aggregated_content=self.agg.content_filtered(),
-            status=r.status.value,
-            created_at=r.created_at,
-            seq=self._last_seq,
-            index=self._next_index - 1,
-            user_message=r.user_message,
-            response_message_id=r.response_message_id,
-            conversation_id=r.conversation_id,
-            sender=r.sender,
-        )
+        return snapshot_of(self.rec, self.agg, seq=self._last_seq, index=self._next_index - 1)
 
     async def _write_snapshot(self, *, ttl: float | None = None) -> None:
         # Derived data (the events are stored): a failed write is retried at the next interval
@@ -419,6 +393,8 @@ class StreamActor:
                 for attempt in range(3):
                     # The cursor may be stale (an ambiguous publish may have landed): re-read
                     # the subject's tail so the terminal event is fenced on what is really there.
+                    # The port rides out an outage here (service/nats/outage.py), so a job that
+                    # failed because NATS was away writes its own terminal error once it is back.
                     if await self._resync_tail():
                         return
                     fut: asyncio.Future[AbortResult | CompletionResult]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.figures import DELIVERY_RATES, SIZES, SPECS, error, figure, skipped
+from bench.figures import ANSWER_STATES, DELIVERY_RATES, SIZES, SPECS, error, figure, skipped
 
 
 def _runs_ok(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
@@ -79,6 +79,28 @@ def abort(raw: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         return {k: error(raw["error"]) for k in keys}
     p = {"aborts_per_block": raw["jobs_per_block"], "tokens_per_s_per_job": raw["rate"]}
     return {k: figure(raw[k.split(".")[1]][k.split(".")[2]], params=p) for k in keys}
+
+
+def answers(raw: dict[str, Any]) -> dict[str, Any]:
+    """Reply time per job state (bench/answers.py), and the worst state's p99."""
+    keys = [k for k in SPECS if k.startswith("answers.")]
+    if "error" in raw:
+        return {k: error(raw["error"]) for k in keys}
+    out: dict[str, Any] = {}
+    p = {"requests_per_cell": raw["repeat"], "requests": raw["requests"]}
+    for state in ANSWER_STATES:
+        got = raw["states"].get(state)
+        for q in ("p50", "p99", "max"):
+            key = f"answers.{state}.{q}_ms"
+            out[key] = (
+                figure([got[f"{q}_ms"]], params={**p, "n": got["n"]})
+                if got
+                else error("no requests in this state")
+            )
+    worst = [v["p99_ms"] for v in raw["states"].values()]
+    out["answers.worst.p99_ms"] = figure([max(worst)], params=p)
+    out["answers.not_exactly_one"] = figure([float(raw["not_exactly_one"])], params=p)
+    return out
 
 
 def memory(jobs: dict[str, Any], readers: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,18 @@ DS_LABELS = {
     "ref_file": "reference (Node), file store",
     "rakaia": "rakaia-streams (Python)",
 }
+ANSWER_STATES = (
+    "running",
+    "complete",
+    "error",
+    "aborted",
+    "unknown",
+    "owner_dead_unnoticed",
+    "owner_dead_known",
+    "after_takeover",
+    "invalid_id",
+)
+"""bench.answers.STATES (kept literal here: the figures import no service code)."""
 DELIVERY_RATES = (20, 50)
 
 
@@ -127,6 +139,17 @@ CATALOGUE: list[Spec] = [
     Spec("abort.signal.p99_ms", "4. Abort", "request -> producer's abort signal: p99", "ms"),
     Spec("abort.reply.p50_ms", "4. Abort", "request -> AbortResult reply: p50", "ms"),
     Spec("abort.reply.p99_ms", "4. Abort", "request -> AbortResult reply: p99", "ms"),
+    *(
+        Spec(
+            f"answers.{state}.{q}_ms", "4b. Answers", f"reply, {state.replace('_', ' ')}: {q}", "ms"
+        )
+        for state in ANSWER_STATES
+        for q in ("p50", "p99", "max")
+    ),
+    Spec(
+        "answers.worst.p99_ms", "4b. Answers", "reply p99 of the worst state (NATS healthy)", "ms"
+    ),
+    Spec("answers.not_exactly_one", "4b. Answers", "requests not answered exactly once", "count"),
     Spec("memory.job_kb", "5. Memory", "RSS per running idle job", "KB"),
     Spec("memory.reader_kb", "5. Memory", "RSS per idle reader", "KB"),
     Spec(
@@ -229,6 +252,13 @@ TARGETS: list[Target] = [
     Target("catch-up 5,000 events", ("catchup.genjobs.ms",), _le(100), "<= 100 ms"),
     Target("abort signal p99", ("abort.signal.p99_ms",), _le(5), "<= 5 ms"),
     Target("abort reply p99", ("abort.reply.p99_ms",), _le(20), "<= 20 ms"),
+    Target(
+        "every request answered",
+        ("answers.worst.p99_ms",),
+        _le(50),
+        "p99 <= 50 ms in every state (the worst state)",
+    ),
+    Target("exactly one reply", ("answers.not_exactly_one",), _le(0), "0 requests"),
     Target("memory per running job", ("memory.job_kb",), _le(16), "<= 16 KB"),
     Target("2,000 idle readers", ("readers.idle_cpu_pct",), _le(30), "<= 30 % of one core"),
     *(

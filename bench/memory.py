@@ -32,6 +32,7 @@ from bench.common import (
     opening_events,
     settled_rss,
 )
+from schemas import headers as hdr
 from service.client.reader import HubClosed, LiveHub
 from service.nats.provision import provision
 from service.server.replica import Replica
@@ -89,8 +90,8 @@ async def run_readers_idle(cfg: dict[str, Any]) -> dict[str, Any]:
         futures = []
         for job in jobs:  # each job: the opening events and one token, as an owner writes them
             for index, ev in enumerate([*opening_events(job), {"event": "on_message_delta"}]):
-                headers = {"Genjobs-Kind": "created" if index == 0 else "step"}
-                headers["Genjobs-Index"] = str(index)
+                headers = {hdr.KIND: "created" if index == 0 else "step"}
+                headers[hdr.INDEX] = str(index)
                 futures.append(
                     await js.publish_async(s.events_subject(job), encode(ev), headers=headers)
                 )

@@ -45,6 +45,7 @@ SECTIONS = (
     "ingest",
     "resume",
     "abort",
+    "answers",
     "memory",
     "readers",
     "delivery",
@@ -63,6 +64,7 @@ FULL: dict[str, dict[str, Any]] = {
         "redis_budget_s": 1.5,
     },
     "abort": {"jobs": 100, "blocks": 3, "rate": 20},
+    "answers": {"repeat": 30},
     "jobs_memory": {"jobs": 10000, "warmup": 200},
     "readers_idle": {"readers": 2000, "settle": 5.0, "window": 10.0},
     "delivery": {"readers": 1000, "jobs": 250, "rates": [20, 50], "duration": 5.0},
@@ -81,6 +83,7 @@ SMOKE: dict[str, dict[str, Any]] = {
         "redis_budget_s": 0.05,
     },
     "abort": {"jobs": 3, "blocks": 3, "rate": 20},
+    "answers": {"repeat": 1},
     "jobs_memory": {"jobs": 150, "warmup": 10},
     "readers_idle": {"readers": 30, "settle": 0.2, "window": 0.5},
     "delivery": {"readers": 20, "jobs": 5, "rates": [20, 50], "duration": 0.4},
@@ -179,6 +182,9 @@ class Bench:
     def abort(self) -> dict[str, Any]:
         return self.worker("abort", self.plan["abort"])
 
+    def answers(self) -> dict[str, Any]:
+        return self.worker("answers", self.plan["answers"])
+
     def memory(self) -> dict[str, Any]:
         return {"jobs": self.worker("jobs_memory", self.plan["jobs_memory"])}
 
@@ -265,6 +271,8 @@ class Bench:
             figs.update(collect.resume(sec["resume"], self.plan["resume"], rr))
         if "abort" in sec:
             figs.update(collect.abort(sec["abort"], self.plan["abort"]))
+        if "answers" in sec:
+            figs.update(collect.answers(sec["answers"]))
         if "memory" in sec or "readers" in sec:
             jobs = sec.get("memory", {}).get("jobs", {"error": "not run"})
             readers = sec.get("readers", {}).get("readers", {"error": "not run"})

@@ -198,6 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--stacks", default="aiohttp,starlette")
     args = p.parse_args(argv)
+    if "starlette" in args.stacks:
+        try:
+            import starlette  # noqa: F401
+            import uvicorn  # noqa: F401
+        except ImportError:
+            print("needs the bench extra: pip install -e '.[bench]'", file=sys.stderr)
+            return 2
     print(
         f"{args.conns} idle SSE connections, heartbeat every {HEARTBEAT:g} s, "
         f"{args.idle:g} s idle window, load {os.getloadavg()[0]:.2f}"

@@ -28,6 +28,7 @@ TASKS: dict[str, str] = {
     "ingest_redis": "bench.ingest:run_redis",
     "resume": "bench.resume:run",
     "abort": "bench.abort:run",
+    "answers": "bench.answers:run",
     "jobs_memory": "bench.memory:run_jobs",
     "readers_idle": "bench.memory:run_readers_idle",
     "delivery_readers": "bench.delivery:run_readers",

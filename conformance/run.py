@@ -3,8 +3,8 @@
     python conformance/run.py [-t PATTERN] [--json PATH]
 
 Installs the pinned suite from package-lock.json (``npm ci``) when node_modules is missing or
-older than the lock file, starts an embedded nats-server on a random port and the Durable
-Streams app on a random port, runs the suite's 332 tests through the vitest wrapper
+older than the lock file, starts an embedded nats-server on a random port and the HTTP gateway
+(``GENJOBS_AUTH=none``, Durable Streams at ``/v1/stream``) on a random port, runs the suite's 332 tests through the vitest wrapper
 (conformance/conformance.test.mjs; the suite's own CLI finds no tests when installed from npm),
 prints ``conformance: N passed, M failed, K skipped`` and exits 1 on any failure (2 when the
 suite could not run at all).
@@ -26,7 +26,8 @@ from pathlib import Path
 import nats
 
 from service.config import Settings
-from service.http.durable.standalone import start_site
+from service.http.app import GatewayServer, build_app
+from service.http.config import HttpSettings
 from service.nats.embedded import EmbeddedServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,7 +77,9 @@ async def run(pattern: str | None, json_out: Path | None, quiet: bool) -> int:
                 prefix="c" + uuid.uuid4().hex[:8],
                 long_poll_timeout=LONG_POLL_SECONDS,
             )
-            runner, url = await start_site(nc, settings)
+            hs = HttpSettings(listen="127.0.0.1:0", auth="none")
+            server = GatewayServer(build_app(nc, settings, hs), hs, shutdown_timeout=2.0)
+            url = await server.start()
             report_path = json_out or Path(tmp) / "report.json"
             try:
                 cmd = [
@@ -100,7 +103,7 @@ async def run(pattern: str | None, json_out: Path | None, quiet: bool) -> int:
                 proc = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, env=env)
                 code = await proc.wait()
             finally:
-                await runner.cleanup()
+                await server.stop()
                 await nc.drain()
         finally:
             srv.stop()
@@ -112,7 +115,7 @@ async def run(pattern: str | None, json_out: Path | None, quiet: bool) -> int:
     for name in failures:
         print(f"conformance: FAILED {name}")
     print(f"conformance: {passed} passed, {failed} failed, {skipped} skipped", flush=True)
-    if failed or (code != 0 and not failed):
+    if failed or code != 0:
         return 1
     return 0
 

@@ -190,6 +190,16 @@ class CompletionResult(_Reply, frozen=True, kw_only=True):
     final_event: dict[str, Any]
 
 
+class AbortSubjectBody(Struct, frozen=True, kw_only=True, rename="camel"):
+    """A message on ``<prefix>.abort.<job>``: a request ``{userId, tenantId?}`` (``userId``
+    required), or a notice (``notice`` set) that replicas ignore. Unknown fields are ignored:
+    every subscriber of the subject sees every message on it."""
+
+    user_id: str | None = None
+    tenant_id: str | None = None
+    notice: str | None = None
+
+
 class OwnerRequest(_Request, frozen=True, kw_only=True):
     """A replica asking a job's owner (``<prefix>.rpc.<owner>.<op>``, internal): ``snapshot``
     (``{jobId}``), ``sync`` (``{jobId, syncSent}``), ``abort`` (``{jobId, userId, tenantId?,
@@ -247,7 +257,9 @@ class IngestMetadata(_Request, frozen=True, kw_only=True):
 
 
 class IngestBatch(_Request, frozen=True, kw_only=True):
-    first_index: NonNegative
+    first_index: NonNegative | None = None
+    """Required with ``events`` or ``usage``; a terminal-only batch (``complete`` or ``error``
+    alone, maybe with ``metadata``) may omit it: there is only one terminal."""
     events: list[dict[str, Any]] = field(default_factory=list)
     complete: dict[str, Any] | None = None
     error: Annotated[str, Meta(min_length=1)] | None = None
@@ -260,6 +272,11 @@ class IngestBatch(_Request, frozen=True, kw_only=True):
             raise ValueError("a batch ends a job with `complete` or `error`, not both")
         if self.complete is not None and self.complete.get("final") is not True:
             raise ValueError("`complete` must be a final event (`final: true`)")
+        if self.first_index is None and (self.events or self.usage or not self.terminal):
+            raise ValueError(
+                "Object missing required field `firstIndex` (only a batch that just ends the "
+                "job, with `complete` or `error` and no `events` or `usage`, may omit it)"
+            )
 
     @property
     def terminal(self) -> bool:
@@ -343,6 +360,7 @@ _CODEC_TYPES: Final[tuple[type[Struct], ...]] = (
     CountsReply,
     SyncReply,
     AbortNotice,
+    AbortSubjectBody,
     OwnerRequest,
     IngestReply,
     ErrorBody,

@@ -44,11 +44,12 @@ from typing import Any, Final, Literal
 import msgspec
 from msgspec import Struct, field
 
+from schemas import headers
 from schemas.usage import UsageRecord
 
-HDR_KIND: Final = "Genjobs-Kind"
-HDR_INDEX: Final = "Genjobs-Index"
-HDR_WRITER: Final = "Genjobs-Writer"
+HDR_KIND: Final = headers.KIND
+HDR_INDEX: Final = headers.INDEX
+HDR_WRITER: Final = headers.WRITER
 
 ATTACHMENT_EVENT: Final = "attachment"
 TOKEN_USAGE_EVENT: Final = "on_token_usage"

@@ -125,3 +125,28 @@ METADATA_FIELDS = {
     "conversationId": "conversation_id",
     "userMessage": "user_message",
 }
+
+
+def apply_metadata(rec: JobRecord, fields: dict[str, Any]) -> None:
+    """Set the producer's metadata fields (``METADATA_FIELDS``, and ``syncSent``) on ``rec``."""
+    for key, value in fields.items():
+        attr = METADATA_FIELDS.get(key)
+        if attr is not None:
+            setattr(rec, attr, value)
+        elif key == "syncSent":
+            rec.sync_sent = bool(value)
+
+
+def track_user_message(rec: JobRecord, message: Any) -> bool:
+    """Keep the user message of a ``created`` event, as LibreChat's ``trackUserMessage`` does;
+    True if ``rec`` changed."""
+    if not isinstance(message, dict):
+        return False
+    rec.user_message = {
+        k: message[k]
+        for k in ("messageId", "parentMessageId", "conversationId", "text")
+        if k in message
+    }
+    if rec.conversation_id is None and isinstance(message.get("conversationId"), str):
+        rec.conversation_id = message["conversationId"]
+    return True

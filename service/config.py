@@ -12,6 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+NATS_LOST_MARGIN = 15.0
+"""Seconds past the outage budget before a replica without NATS gives up: the jobs' own budget
+runs out first, so their failure is what gets logged, then the replica's."""
+
 
 def _new_replica_id() -> str:
     return "r" + uuid.uuid4().hex[:12]
@@ -61,6 +65,9 @@ class Settings:
     session_ack_wait: float = 30.0
     shutdown_grace: float = 10.0
     request_timeout: float = 5.0
+    nats_lost_exit: float = 0.0
+    """``genjobs serve`` exits 3 after NATS has been unreachable this long (0: the outage budget
+    plus ``NATS_LOST_MARGIN``, so jobs get their full budget first)."""
     max_request_bytes: int = 1024 * 1024
     long_poll_timeout: float = 20.0
     """Durable Streams: how long a long-poll waits for data before answering 204, and the
@@ -120,6 +127,13 @@ class Settings:
 
     def rpc_subject(self, replica_id: str, op: str) -> str:
         return f"{self.prefix}.rpc.{replica_id}.{op}"
+
+    @property
+    def nats_lost_after(self) -> float:
+        """Seconds without NATS after which a replica gives up (``nats_lost_exit``)."""
+        if self.nats_lost_exit > 0:
+            return self.nats_lost_exit
+        return self.publish_outage_budget + NATS_LOST_MARGIN
 
     def presence_subject(self, job_id: str) -> str:
         return f"{self.prefix}.presence.{job_id}"

@@ -18,11 +18,11 @@ import nats
 from nats.aio.client import Client as NATS
 
 from service import simulate as sim
-from service.server.api import ServiceApi
+from service.client.reader import LiveHub, read_all
 from service.config import Settings
 from service.http.app import GatewayServer, build_app
 from service.http.config import HttpSettings
-from service.client.reader import LiveHub, read_all
+from service.server.api import ServiceApi
 from service.server.replica import Replica
 
 from .helpers import running_replica
@@ -113,6 +113,70 @@ class SseRead:
     body: Any = None
 
 
+class SseParser:
+    """The EventSource parsing rules: fields until a blank line dispatches; ``:`` comments."""
+
+    def __init__(self, out: SseRead) -> None:
+        self.out = out
+        self._buf = b""
+        self._fields: dict[str, list[str]] = {}
+
+    def feed(self, data: bytes) -> list[Frame | str]:
+        """Returns what got complete: frames, and comments as strings."""
+        self._buf += data
+        got: list[Frame | str] = []
+        while b"\n" in self._buf:
+            raw, self._buf = self._buf.split(b"\n", 1)
+            line = raw.decode().rstrip("\r")
+            if line == "":
+                f = self._fields
+                if "data" in f or "id" in f or "event" in f:
+                    frame = Frame(
+                        (f.get("id") or [None])[-1],
+                        (f.get("event") or ["message"])[-1],
+                        "\n".join(f.get("data", [])),
+                    )
+                    self.out.frames.append(frame)
+                    got.append(frame)
+                self._fields = {}
+            elif line.startswith(":"):
+                self.out.comments.append(line[1:].strip())
+                got.append(line[1:].strip())
+            else:
+                name, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if name == "retry" and value.isdigit():
+                    self.out.retry = int(value)
+                else:
+                    self._fields.setdefault(name, []).append(value)
+        return got
+
+
+async def parse_body(
+    resp: aiohttp.ClientResponse,
+    out: SseRead,
+    *,
+    stop_after: int | None = None,
+    on_frame: Any = None,
+    until: Any = None,
+) -> SseRead:
+    parser = SseParser(out)
+    try:
+        async for chunk in resp.content.iter_any():
+            for item in parser.feed(chunk):
+                if isinstance(item, Frame):
+                    if on_frame is not None:
+                        await on_frame(item)
+                    if stop_after is not None and len(out.frames) >= stop_after:
+                        return out
+                if until is not None and until(out):
+                    return out
+        out.complete = True
+    except aiohttp.ClientPayloadError:
+        out.broken = True
+    return out
+
+
 async def read_sse(
     session: aiohttp.ClientSession,
     url: str,
@@ -120,12 +184,14 @@ async def read_sse(
     headers: dict[str, str] | None = None,
     stop_after: int | None = None,
     on_frame: Any = None,
+    until: Any = None,
     timeout: float = TIMEOUT,
 ) -> SseRead:
     """GET ``url`` and parse SSE per the spec (fields, comments, blank line dispatches).
 
     ``stop_after``: drop the connection after that many dispatched frames (a client losing
-    its network). A non-2xx or non-SSE answer is returned with its JSON ``body``.
+    its network); ``until(read)``: drop it once that is true (checked after every frame and
+    comment). A non-2xx or non-SSE answer is returned with its JSON ``body``.
     """
     async with (
         asyncio.timeout(timeout),
@@ -136,37 +202,7 @@ async def read_sse(
             text = await resp.text()
             out.body = msgspec.json.decode(text) if text else None
             return out
-        fields: dict[str, list[str]] = {}
-        try:
-            async for raw in resp.content:
-                line = raw.decode().rstrip("\r\n")
-                if line == "":
-                    if "data" in fields or "id" in fields or "event" in fields:
-                        f = Frame(
-                            (fields.get("id") or [None])[-1],
-                            (fields.get("event") or ["message"])[-1],
-                            "\n".join(fields.get("data", [])),
-                        )
-                        out.frames.append(f)
-                        if on_frame is not None:
-                            await on_frame(f)
-                        if stop_after is not None and len(out.frames) >= stop_after:
-                            return out
-                    fields = {}
-                    continue
-                if line.startswith(":"):
-                    out.comments.append(line[1:].strip())
-                    continue
-                name, _, value = line.partition(":")
-                value = value[1:] if value.startswith(" ") else value
-                if name == "retry" and value.isdigit():
-                    out.retry = int(value)
-                else:
-                    fields.setdefault(name, []).append(value)
-            out.complete = True
-        except aiohttp.ClientPayloadError:
-            out.broken = True
-    return out
+        return await parse_body(resp, out, stop_after=stop_after, on_frame=on_frame, until=until)
 
 
 async def produce(

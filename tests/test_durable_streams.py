@@ -4,6 +4,7 @@ several gateways on one stream, lost responses and lost acks, recreation, fork c
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,13 +13,25 @@ import aiohttp
 import nats
 import pytest
 from aiohttp import web
+from msgspec.structs import replace
 
 from service.config import Settings
 from service.http.durable.access import auth_middleware
 from service.http.durable.app import STORE
-from service.http.durable.protocol import format_offset, parse_offset
+from service.http.durable.collector import Collector
+from service.http.durable.lifecycle import Lifecycle
+from service.http.durable.live import Watch, _Topic
+from service.http.durable.model import encode, name_key
+from service.http.durable.protocol import (
+    JsonBodyError,
+    format_offset,
+    json_body,
+    json_fragment,
+    parse_offset,
+)
 from service.http.durable.standalone import start_site
 from service.http.durable.storage import DurableStore
+from service.nats.provision import ProvisionMismatch, provision_durable
 from service.nats.publisher import PublishTimeout
 
 TEXT = {"Content-Type": "text/plain"}
@@ -294,3 +307,202 @@ async def test_with_authentication_a_stream_belongs_to_its_creators_tenant_and_u
     finally:
         await runner.cleanup()
         await nc.drain()
+
+
+async def test_an_sse_reader_gets_every_append_once_in_order_while_writers_race(
+    two: tuple[str, str, DurableStore, DurableStore], http: aiohttp.ClientSession
+) -> None:
+    a, b, _, _ = two
+    async with http.put(a + "live", headers=TEXT) as r:
+        tail = r.headers["Stream-Next-Offset"]
+    total = 300
+    received = bytearray()
+    connected = asyncio.Event()
+
+    async def sse() -> None:
+        async with http.get(a + "live", params={"offset": tail, "live": "sse"}) as r:
+            assert r.status == 200
+            event = ""
+            async for raw in r.content:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data:") and event == "data":
+                    received.extend(line[5:].encode())
+                elif line.startswith("data:") and event == "control":
+                    connected.set()
+                    if received.count(b">") >= total:
+                        return
+
+    reader = asyncio.create_task(sse())
+    await asyncio.wait_for(connected.wait(), 10)
+
+    async def writer(k: int) -> None:
+        for i in range(total // 30):
+            async with http.post(b + "live", data=f"<{k}.{i}>", headers=TEXT) as r:
+                assert r.status == 204
+
+    await asyncio.gather(*(writer(k) for k in range(30)))
+    await asyncio.wait_for(reader, 30)
+    body, _ = await read_all(http, a + "live")
+    assert bytes(received) == body  # every append once, in the stream's order
+    assert body.count(b">") == total
+
+
+async def test_appends_racing_a_close_are_stored_before_it_or_refused(
+    two: tuple[str, str, DurableStore, DurableStore], http: aiohttp.ClientSession
+) -> None:
+    a, b, _, _ = two
+    async with http.put(a + "closing", headers=TEXT) as r:
+        assert r.status == 201
+
+    async def post(i: int) -> tuple[int, int, str | None]:
+        headers = {**TEXT, "Stream-Closed": "true"} if i == 40 else TEXT
+        async with http.post((a, b)[i % 2] + "closing", data=f"<{i}>", headers=headers) as r:
+            offset = r.headers.get("Stream-Next-Offset")
+            return i, r.status, offset
+
+    results = await asyncio.gather(*(post(i) for i in range(80)))
+    close = next(x for x in results if x[0] == 40)
+    assert close[1] == 204
+    stored = sorted((off, i) for i, status, off in results if status == 204 and off)
+    refused = [i for i, status, _ in results if status == 409]
+    assert len(stored) + len(refused) == 80
+    assert stored[-1] == (close[2], 40)  # the close is the last append
+    body, tail = await read_all(http, a + "closing")
+    assert tail == close[2]
+    assert body.decode() == "".join(f"<{i}>" for _, i in stored)
+    async with http.head(b + "closing") as r:
+        assert r.headers["Stream-Closed"] == "true"
+
+
+async def test_the_sweeper_collects_expired_streams_nobody_touches(
+    two: tuple[str, str, DurableStore, DurableStore], http: aiohttp.ClientSession
+) -> None:
+    a, _, store_a, _ = two
+    past = "2020-01-01T00:00:00Z"
+    async with http.put(a + "old", data="x", headers={**TEXT, "Stream-Expires-At": past}) as r:
+        assert r.status == 201
+    async with http.put(a + "fresh", headers=TEXT) as r:
+        assert r.status == 201
+    got = await store_a.lookup("old")
+    assert got is not None
+    swept = await Collector(Lifecycle(store_a)).sweep()
+    assert swept.expired == 1
+    assert await store_a.lookup("old") is None
+    assert await store_a.lookup("fresh") is not None
+    info = await store_a.js.stream_info(store_a.stream, subjects_filter=store_a.subject(got[0].inc))
+    assert not info.state.subjects
+
+
+async def test_provisioning_is_idempotent_and_refuses_other_settings(settings: Settings) -> None:
+    nc = await nats.connect(settings.nats_url or "")
+    try:
+        js = nc.jetstream()
+        await provision_durable(js, settings)
+        await provision_durable(js, settings)  # again: verified, unchanged
+        with pytest.raises(ProvisionMismatch):
+            await provision_durable(js, settings.with_(stream_max_bytes=1 << 20))
+    finally:
+        await nc.drain()
+
+
+def test_json_bodies_store_their_values_as_sent() -> None:
+    assert json_fragment(b' [ {"a": 1} , 2 ]\n', allow_empty=False) == b'{"a": 1} , 2'
+    assert json_fragment(b'{"a":[1,2]}', allow_empty=False) == b'{"a":[1,2]}'
+    assert json_fragment(b"[[1,2]]", allow_empty=False) == b"[1,2]"
+    assert json_fragment(b"[]", allow_empty=True) is None
+    # What JSON.parse takes and msgspec alone would not: huge numbers, lone surrogates.
+    assert json_fragment(b"[1e400]", allow_empty=False) == b"1e400"
+    assert json_fragment(b'"\\ud800"', allow_empty=False) == b'"\\ud800"'
+    for bad in (b"[]", b"{ invalid }", b"", b"[1,]", b"NaN", b"[Infinity]"):
+        with pytest.raises(JsonBodyError):
+            json_fragment(bad, allow_empty=False)
+    assert json_body([b'{"a": 1} , 2', b"[1,2]"]) == b'[{"a": 1} , 2,[1,2]]'
+
+
+async def test_the_sweeper_drops_references_no_fork_holds_and_purges_orphan_data(
+    two: tuple[str, str, DurableStore, DurableStore], http: aiohttp.ClientSession
+) -> None:
+    a, _, store, _ = two
+    async with http.put(a + "src", data="S", headers=TEXT) as r:
+        assert r.status == 201
+    async with http.put(a + "f", headers={**TEXT, "Stream-Forked-From": "/v1/stream/src"}) as r:
+        assert r.status == 201
+    # A fork that died half-way: its reference is in the source's record, no record holds it.
+    got = await store.lookup("src")
+    assert got is not None
+    rec, rev = got
+    await store.kv.update(name_key("src"), encode(replace(rec, refs=(*rec.refs, "dead"))), last=rev)
+    # Data whose record was never created.
+    orphan = store.subject("orphan0123456789")
+    await store.js.publish(orphan, b"lost")
+    collector = Collector(Lifecycle(store), orphan_grace=0.0)
+    first = await collector.sweep()
+    assert first.refs_dropped == 0  # one sweep only makes it a suspect
+    assert first.orphans_purged == 1
+    second = await collector.sweep()
+    assert second.refs_dropped == 1
+    got = await store.lookup("src")
+    assert got is not None
+    assert got[0].refs == rec.refs  # the live fork's reference stays
+    info = await store.js.stream_info(store.stream, subjects_filter=orphan)
+    assert not info.state.subjects
+    body, _ = await read_all(http, a + "f")
+    assert body == b"S"
+
+
+class _Clock:
+    """The gateways' wall clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_read_on_one_gateway_keeps_a_ttl_stream_alive_on_the_other(
+    two: tuple[str, str, DurableStore, DurableStore], http: aiohttp.ClientSession
+) -> None:
+    a, b, store_a, store_b = two
+    clock = _Clock()
+    store_a.clock = store_b.clock = clock
+    async with http.put(a + "ttl", data="x", headers={**TEXT, "Stream-TTL": "10"}) as r:
+        assert r.status == 201
+    clock.now += 6
+    async with http.get(b + "ttl") as r:  # a read resets the window, on the other gateway
+        assert r.status == 200
+    clock.now += 6  # 12 s after creation, 6 after the read
+    async with http.head(a + "ttl") as r:
+        assert r.status == 200
+    async with http.head(b + "ttl") as r:
+        assert r.status == 200
+    clock.now += 6  # HEAD does not reset it: 12 s after the read
+    async with http.head(a + "ttl") as r:
+        assert r.status == 404
+    async with http.get(b + "ttl") as r:
+        assert r.status == 404
+
+
+async def test_a_watch_wakes_when_poked_and_times_out_on_time_without() -> None:
+    w = Watch(_Topic())
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        assert await w.wait(0.05) is False
+        w.poke()  # stored before the wait: it returns at once
+        assert await w.wait(10.0) is True
+        waiting = asyncio.create_task(w.wait(10.0))
+        await asyncio.sleep(0)  # let it start waiting
+        w.poke()
+        assert await waiting is True
+        # A short wait after a long one (its timer armed far later) still ends on time.
+        long_wait = asyncio.create_task(w.wait(30.0))
+        await asyncio.sleep(0)
+        w.poke()
+        assert await long_wait is True
+        assert await w.wait(0.05) is False
+        assert loop.time() - started < 10.0
+    finally:
+        w.close()

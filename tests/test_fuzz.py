@@ -36,6 +36,7 @@ from schemas.api import (
     ResumeSnapshot,
     StatusReply,
     decode,
+    decode_ingest,
 )
 from schemas.job import decode_record
 from service import simulate as sim
@@ -204,6 +205,20 @@ def api_bases(victim: str) -> dict[str, list[dict[str, Any]]]:
     }
 
 
+def ingest_payload(fz: Fuzzer, rng: random.Random) -> bytes:
+    """A fuzzed batch that must not change the victim: a valid batch that only ends the job
+    (``complete`` or ``error`` without ``firstIndex``, which the contract accepts) would end
+    it legitimately, so such a mutation is drawn again."""
+    while True:
+        data = fz.payload(rng.choice(ingest_bases()))
+        try:
+            batch = decode_ingest(data)
+        except (ValueError, RecursionError):
+            return data
+        if batch.first_index is not None or not batch.terminal:
+            return data
+
+
 def ingest_bases() -> list[dict[str, Any]]:
     """Resends of indices already taken (span <= 5 from index 0 or 1), or refused outright."""
     return [
@@ -292,7 +307,7 @@ async def test_fuzzed_requests_get_structured_answers_and_change_nothing(
             work += [(name, subject, fz.payload(rng.choice(bases))) for _ in range(PER_ENDPOINT)]
             work += [(name, subject, fz.raw()) for _ in range(RAW // 7)]
         ingest = s.ingest_subject(victim)
-        work += [("ingest", ingest, fz.payload(rng.choice(ingest_bases()))) for _ in range(INGEST)]
+        work += [("ingest", ingest, ingest_payload(fz, rng)) for _ in range(INGEST)]
         work += [("ingest", ingest, fz.raw()) for _ in range(RAW)]
         for _ in range(20):
             name = "".join(rng.choice("abcxyz_-") for _ in range(rng.randrange(1, 12)))

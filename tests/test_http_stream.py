@@ -12,6 +12,7 @@ import pytest
 from service.config import Settings
 
 from .http_helpers import (
+    Frame,
     auth,
     gateway,
     produce,
@@ -103,3 +104,64 @@ async def test_malformed_last_event_id_is_400_json(settings: Settings, bad: str)
         )
         assert got.status == 400
         assert got.body["error"] == "Invalid sequence"
+
+
+async def test_gateway_stopping_breaks_streams_and_they_resume_on_another_gateway(
+    settings: Settings,
+) -> None:
+    """A stopping gateway ends its SSE responses without a clean end (every client library
+    reconnects then); the client continues on another gateway by Last-Event-ID."""
+    async with (
+        serving(settings) as replica,
+        gateway(settings) as other,
+        aiohttp.ClientSession() as s,
+    ):
+        gate, created = asyncio.Event(), asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(produce(replica, "u1", "job-gw", gate=gate, created=created))
+            await created.wait()
+            async with gateway(settings) as first_gw:
+                got_some = asyncio.Event()
+
+                async def on_frame(f: Frame) -> None:
+                    got_some.set()
+
+                reading = tg.create_task(
+                    read_sse(s, f"{first_gw.url}{CHAT}/stream/job-gw", headers=auth("u1"),
+                             on_frame=on_frame)
+                )  # fmt: skip
+                await got_some.wait()
+            first = await reading  # the gateway stopped under it
+            assert first.broken
+            assert first.frames
+            gate.set()
+            rest = await read_sse(
+                s,
+                f"{other.url}{CHAT}/stream/job-gw",
+                headers={**auth("u1"), "Last-Event-ID": first.frames[-1].id or ""},
+            )
+        assert rest.complete
+        assert seen(first.frames + rest.frames) == await stored(other.nc, settings, "job-gw")
+
+
+async def test_last_event_id_wins_over_resume_true(settings: Settings) -> None:
+    """An EventSource reconnect keeps its URL (?resume=true) and adds Last-Event-ID: it knows
+    its position, so it gets no snapshot, only what follows."""
+    async with serving(settings) as replica, gateway(settings) as gw, aiohttp.ClientSession() as s:
+        await produce(replica, "u1", "job-both")
+        log = await stored(gw.nc, settings, "job-both")
+        got = await read_sse(
+            s,
+            f"{gw.url}{CHAT}/stream/job-both?resume=true",
+            headers={**auth("u1"), "Last-Event-ID": log[4][0]},
+        )
+        assert seen(got.frames) == log[5:]
+
+
+def test_frames_carry_the_seq_and_split_line_breaks_into_data_lines() -> None:
+    from service.http.sse import frame
+
+    assert frame(7, "message", b'{"a":1}') == b'id: 7\nevent: message\ndata: {"a":1}\n\n'
+    assert frame(8, "error", b'{\n"a":\r\n1}\r') == (
+        b'id: 8\nevent: error\ndata: {\ndata: "a":\ndata: 1}\ndata: \n\n'
+    )

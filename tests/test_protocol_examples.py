@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from schemas import api
+from schemas import api, bookkeeping
 from schemas.events import validate_event
 from schemas.job import JobRecord
 from service.server.api import SyncRequest
@@ -43,7 +43,12 @@ TYPES: dict[str, type[msgspec.Struct]] = {
         api.IngestBatch,
         api.IngestReply,
         api.AbortNotice,
+        api.AbortSubjectBody,
         api.OwnerRequest,
+        bookkeeping.UserIndexEntry,
+        bookkeeping.CleanupOrder,
+        bookkeeping.Heartbeat,
+        bookkeeping.PresenceAnnouncement,
     )
 }
 WIRE_TYPES = set(TYPES) - {"CompletionResult"}  # the in-process result of complete()/fail()

@@ -161,3 +161,13 @@ def print_json(obj: Any, stream: Any = None) -> None:
     out = stream or sys.stdout
     out.write(msgspec.json.format(_enc.encode(obj), indent=2).decode() + "\n")
     out.flush()
+
+
+def setup_logging(level: str) -> None:
+    """Log lines to stdout at ``level`` (``genjobs serve`` and ``genjobs gateway`` alike)."""
+    logging.basicConfig(
+        stream=sys.stdout,
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        force=True,
+    )

@@ -31,6 +31,7 @@ from service.cli.common import (
     redact_url,
     run_async,
     settings_from,
+    setup_logging,
 )
 from service.client.reader import LiveHub
 from service.config import Settings
@@ -157,8 +158,6 @@ def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
 
 
 def gateway(args: argparse.Namespace) -> int:
-    from service.cli.serve import setup_logging
-
     setup_logging(args.log_level)
     settings = settings_from(args)
     hs = http_settings_from(args.http)

@@ -3,8 +3,10 @@
 Start: an embedded nats-server when no ``GENJOBS_NATS_URL`` is given, then connect (retrying
 while a fresh cluster elects its leaders), start the :class:`~service.server.replica.Replica` and its
 :class:`~service.server.api.ServiceApi`, print ``READY_MARK``. Stop (SIGTERM, SIGINT, or the connection
-closed for good): stop taking requests, end the running jobs with their terminal events, flush
-the publish acks, drain the connection, stop the embedded server. Exit 0, or 3 when NATS was lost.
+closed for good, or NATS unreachable for ``GENJOBS_NATS_LOST_EXIT`` seconds): stop taking
+requests, end the running jobs with their terminal events, flush the publish acks, drain the
+connection, stop the embedded server, all within ``shutdown_grace``. Exit 0; 3 when NATS was
+lost; 1 when some job could not get its terminal event (they are logged).
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ import argparse
 import asyncio
 import logging
 import signal
-import sys
 from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 
 from service.cli.common import (
+    EXIT_FAILED,
     EXIT_NO_NATS,
     EXIT_OK,
     EXIT_PROVISION,
@@ -29,20 +31,12 @@ from service.cli.common import (
     redact_url,
     run_async,
     settings_from,
+    setup_logging,
 )
 from service.config import Settings
 from service.http.config import HttpSettings
 
 log = logging.getLogger("genjobs.serve")
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stdout,
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        force=True,
-    )
 
 
 async def _start_replica(
@@ -93,6 +87,7 @@ async def _start_replica(
 
 async def _serve(settings: Settings, connect_wait: float, hs: HttpSettings | None = None) -> int:
     from service.server.api import ServiceApi
+    from service.server.replica import close_connection
 
     assert settings.nats_url is not None
     stop = asyncio.Event()
@@ -133,6 +128,7 @@ async def _serve(settings: Settings, connect_wait: float, hs: HttpSettings | Non
     )
     starting = False
     api: ServiceApi | None = None
+    given_up = asyncio.create_task(_when_nats_lost(replica, stop), name="nats-lost")
     try:
         api = ServiceApi(replica)
         await api.start()
@@ -147,19 +143,45 @@ async def _serve(settings: Settings, connect_wait: float, hs: HttpSettings | Non
             await stop.wait()
         log.info("stopping: no new work; running jobs get their terminal event")
     finally:
-        # The shutdown sequence: stop taking requests, end the jobs, flush, drain.
+        # The shutdown sequence, bounded as a whole by the grace period: stop taking requests,
+        # end the jobs, flush, drain. The HTTP gateway stops after the jobs, so its SSE
+        # clients get their jobs' terminal events.
         stop.set()
-        await http.stop()
+        given_up.cancel()
+        await asyncio.wait([given_up])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.shutdown_grace
         if api is not None:
-            await api.stop()
-        await replica.stop()
-        if not nc.is_closed:
-            try:
-                await asyncio.wait_for(nc.drain(), timeout=settings.shutdown_grace)
-            except (TimeoutError, nats.errors.Error) as e:
-                log.warning("draining the NATS connection failed: %s", e)
+            await api.stop(grace=settings.shutdown_grace / 2)
+        await replica.stop(grace=max(0.5, deadline - loop.time()))
+        await http.stop()
+        await close_connection(nc, max(0.1, deadline - loop.time()))
+    health = replica.health()
+    if lost or replica.nats_lost.is_set() or (health["nats"] != "connected" and replica.unfinished):
+        log.error(
+            "stopped without NATS (%s): exit %d%s",
+            health["nats"],
+            EXIT_NO_NATS,
+            f"; {len(replica.unfinished)} job(s) without their terminal event"
+            if replica.unfinished
+            else "",
+        )
+        return EXIT_NO_NATS
+    if replica.unfinished:
+        log.error(
+            "stopped; %d job(s) without their terminal event: exit %d",
+            len(replica.unfinished),
+            EXIT_FAILED,
+        )
+        return EXIT_FAILED
     log.info("stopped")
-    return EXIT_NO_NATS if lost else EXIT_OK
+    return EXIT_OK
+
+
+async def _when_nats_lost(replica: Any, stop: asyncio.Event) -> None:
+    """Stop the replica once it reports NATS lost for good (it has logged why)."""
+    await replica.nats_lost.wait()
+    stop.set()
 
 
 class _ReplicaHttp:

@@ -16,6 +16,7 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from schemas import headers as hdr
 from schemas.errors import GenjobsError, Unavailable, from_body
 from service.config import Settings
 
@@ -53,7 +54,7 @@ async def request(
     except msgspec.DecodeError:
         reply = msg.data.decode(errors="replace")
     headers = msg.headers or {}
-    failed = "Nats-Service-Error-Code" in headers or (
+    failed = hdr.SERVICE_ERROR_CODE in headers or (
         isinstance(reply, dict) and set(reply) == {"error"}
     )
     return not failed, reply

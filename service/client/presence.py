@@ -24,6 +24,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from schemas.bookkeeping import PresenceAnnouncement
 from service.client.reader import LiveHub
 from service.config import Settings
 
@@ -35,14 +36,8 @@ log = logging.getLogger("genjobs.presence")
 AllLeftCallback = Callable[[str], Awaitable[None]]
 
 
-class _Announce(msgspec.Struct):
-    hub: str
-    count: int
-    ttl: float
-
-
 _enc = msgspec.json.Encoder()
-_dec = msgspec.json.Decoder(_Announce)
+_dec = msgspec.json.Decoder(PresenceAnnouncement)
 
 
 class PresenceAnnouncer:
@@ -58,7 +53,7 @@ class PresenceAnnouncer:
         self._task: asyncio.Task[None] | None = None
 
     async def _send(self, job_id: str, count: int) -> None:
-        body = _Announce(self.hub_id, count, self.interval * 3)
+        body = PresenceAnnouncement(hub=self.hub_id, count=count, ttl=self.interval * 3)
         await self.nc.publish(self.s.presence_subject(job_id), _enc.encode(body))
 
     async def first(self, job_id: str) -> None:

@@ -22,8 +22,6 @@ from typing import Any
 import msgspec
 
 from actors.handle import ActorHandle
-from actors.inbox import InboxClosed
-from actors.messages import Emit, Flush, RecordUsage
 from actors.termination import Complete, Fail
 from schemas.errors import BadRequest, JobEnded
 from schemas.events import classify, is_terminal
@@ -53,14 +51,14 @@ class JobHandle(ActorHandle):
         return cls(handle._actor)
 
     async def wait_aborted(self) -> None:
-        await self._actor.aborted.wait()
+        await self.aborted.wait()
 
     def cancel_on_abort(self, task: asyncio.Task[Any] | None = None) -> None:
         """Have ``task`` (default: the current task) cancelled when the job is aborted."""
         task = task or asyncio.current_task()
         if task is None:
             raise RuntimeError("cancel_on_abort needs a task")
-        self._actor.bind_producer(task)
+        self.bind_producer(task)
 
     async def emit(self, event: dict[str, Any]) -> EmitResult:
         """Append one LibreChat event. Waits while the actor's inbox is full (backpressure).
@@ -74,24 +72,9 @@ class JobHandle(ActorHandle):
             raise BadRequest(str(e)) from e
         if is_terminal(kind):
             raise BadRequest("terminal events go through complete() or fail()")
-        actor = self._actor
-        if not actor.accepting:
-            return EmitResult.ENDED
-        try:
-            await actor.inbox.put_event(Emit(event, kind.value))
-        except InboxClosed:
-            return EmitResult.ENDED
-        return EmitResult.ACCEPTED
-
-    async def flush(self) -> int:
-        """Wait until every event emitted so far is durable; returns the last sequence.
-
-        Raises:
-            JobEnded: the job ended before they were stored.
-        """
-        fut: asyncio.Future[int] = self._future()
-        self._actor.request(Flush(fut))
-        return await fut
+        if await self.put_event(event, kind.value):
+            return EmitResult.ACCEPTED
+        return EmitResult.ENDED
 
     async def snapshot(self) -> dict[str, Any]:  # type: ignore[override]
         """The resume snapshot (docs/protocol.md) as of the last stored event."""
@@ -117,9 +100,7 @@ class JobHandle(ActorHandle):
         """
         if not isinstance(usage, dict):
             raise BadRequest("usage must be an object")
-        fut: asyncio.Future[None] = self._future()
-        self._actor.request(RecordUsage(dict(usage), fut))
-        await fut
+        await self.add_usage(dict(usage))
 
     async def complete(self, final_event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Publish the final event; returns ``{seq, collectedUsage, ...}`` — the job's usage,
@@ -149,12 +130,10 @@ class JobHandle(ActorHandle):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._actor.ended.is_set() or (
-            not self._actor.accepting and self._actor.aborted.is_set()
-        ):
+        if self.ended or (not self.accepting and self.aborted.is_set()):
             # Already finished, or aborted: the actor writes the abort final on its own.
-            if exc_type is asyncio.CancelledError and self._actor.aborted.is_set():
-                await self._actor.ended.wait()
+            if exc_type is asyncio.CancelledError and self.aborted.is_set():
+                await self.wait_ended()
             return
         message = (
             f"producer failed: {exc_type.__name__}: {exc}"

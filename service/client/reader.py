@@ -23,6 +23,13 @@ A lost *terminal* event is revealed by no later live message, so a reader that h
 re-reads from its cursor: the connection's owner calls :meth:`LiveHub.on_reconnected` from its
 ``reconnected_cb``, and the hub also notices the connection's reconnect counter change on the
 next live message or idle check.
+
+Where the pieces are: this module is the hub (:class:`LiveHub`, one per connection, and
+:func:`read_all`); one reader's state machine is ``service/client/jobreader.py``; the event it
+hands out and its errors are ``service/client/readevent.py`` (all re-exported here). History
+comes from ``service/nats/directget.py``, outages are ridden out under
+``service/nats/outage.py``, and events of a job whose actor runs in this process come through
+``service/nats/localtap.py``.
 """
 
 from __future__ import annotations
@@ -31,315 +38,48 @@ import asyncio
 import logging
 import random
 import re
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
-import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from schemas import headers as hdr
+from service.client.jobreader import Reader
+from service.client.readevent import HubClosed, ReaderError, ReadEvent, live_event, stored_event
 from service.config import Settings
-from service.nats.directget import (
-    DirectGetClient,
-    DirectGetError,
-    ReplayTimeout,
-    StoredMsg,
-    client_for,
-)
+from service.nats import compat
+from service.nats.directget import DirectGetClient, client_for, transient
 from service.nats.localtap import tap_for
-from service.nats.publisher import BACKOFF_FIRST, BACKOFF_MAX
+from service.nats.outage import OutagePolicy, retry
+from service.nats.stored import StoredMsg
+
+__all__ = ["HubClosed", "LiveHub", "ReadEvent", "Reader", "ReaderError", "read_all"]
 
 log = logging.getLogger("genjobs.reader")
 
-TERMINAL_KINDS: Final = frozenset({"final", "error"})
 _ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_UNSET: Final[Any] = object()
 _T = TypeVar("_T")
 
 PresenceCallback = Callable[[str], Awaitable[None]]
 
 
-@dataclass(slots=True)
-class ReadEvent:
-    """One event. Shared by all readers of the job in this process, so treat it as read-only;
-    ``event`` decodes JSON on first access only (a gateway forwarding ``data`` never does)."""
-
-    seq: int
-    index: int
-    kind: str
-    data: bytes
-    _event: Any = field(default=_UNSET, repr=False, compare=False)
-
-    @property
-    def terminal(self) -> bool:
-        return self.kind in TERMINAL_KINDS
-
-    @property
-    def event(self) -> dict[str, Any] | None:
-        """The payload as a dict; ``None`` if it is not a JSON object.
-
-        Raises:
-            msgspec.DecodeError: the payload is not JSON (a producer broke the contract).
-        """
-        if self._event is _UNSET:
-            value = msgspec.json.decode(self.data) if self.data else None
-            self._event = value if isinstance(value, dict) else None
-        result: dict[str, Any] | None = self._event
-        return result
-
-
-def _make_event(seq: int, headers: dict[str, str], data: bytes) -> ReadEvent:
-    index = headers.get("Genjobs-Index", "")
-    kind = headers.get("Genjobs-Kind", "")
-    return ReadEvent(seq, int(index) if index.isdigit() else -1, kind, data)
-
-
-# Genjobs stores its own headers first, kind then index (service/store.py), so one match at
-# the start of the raw header block reads both; any other layout takes the general path.
-_LEADING_RE: Final = re.compile(
-    rb"NATS/1\.0\r\nGenjobs-Kind: ([^\r\n]*)\r\nGenjobs-Index: ([0-9]+)\r\n"
-)
-
-
-def _stored_event(m: StoredMsg) -> ReadEvent:
-    """The event of a replayed message, reading only the two headers it needs."""
-    lead = _LEADING_RE.match(m.raw_headers)
-    if lead is not None:
-        kind = lead.group(1).strip().decode("utf-8", "replace")
-        return ReadEvent(m.seq, int(lead.group(2)), kind, m.data)
-    index = m.header("Genjobs-Index") or ""
-    return ReadEvent(
-        m.seq, int(index) if index.isdigit() else -1, m.header("Genjobs-Kind") or "", m.data
-    )
-
-
-class ReaderError(RuntimeError):
-    """A reader ended before its job's terminal event; resume from ``last_seq``."""
-
-    def __init__(self, message: str, job_id: str, last_seq: int) -> None:
-        super().__init__(f"{message} (job {job_id}, resume after seq {last_seq})")
-        self.job_id = job_id
-        self.last_seq = last_seq
-
-
-class HubClosed(ReaderError):
-    """The hub was closed (shutdown) while the reader was open."""
-
-
-def _wake(fut: asyncio.Future[bool] | None, woke: bool) -> None:
-    if fut is not None and not fut.done():
-        fut.set_result(woke)
-
-
-class Reader:
-    """One reader of one job: ``async with hub.subscribe(job) as r: async for ev in r: ...``.
-
-    Every decision is taken in the reading task (:meth:`__anext__`); the live callback only
-    appends to a bounded deque and wakes it, so a reader has no task of its own.
-    """
-
-    def __init__(self, hub: LiveHub, job_id: str, after_seq: int) -> None:
-        self.job_id = job_id
-        self.last_seq = after_seq  # the last seq handed out: where a resume continues
-        self.catchups = 0  # how often queued live events were dropped (the reader fell behind)
-        self._hub = hub
-        self._cursor = after_seq  # the last seq accepted (handed out or in _ready)
-        self._ready: deque[ReadEvent] = deque()  # accepted from the stream, not handed out
-        self._inbox: deque[tuple[ReadEvent, int]] = deque()  # live: (event, previous seq)
-        self._want = 1  # a re-read is due while _want != _have; the first one is the replay
-        self._have = 0
-        self._ended = False  # the terminal event was accepted
-        self._joined = False
-        self._error: BaseException | None = None
-        self._waiter: asyncio.Future[bool] | None = None
-        # One idle timer, re-armed lazily: a timer created and cancelled on every wait cost
-        # more than the rest of the live path at thousands of deliveries per second.
-        self._idle_at = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-
-    @property
-    def buffered(self) -> int:
-        """Events held for this reader: at most ``settings.reader_queue``."""
-        return len(self._ready) + len(self._inbox)
-
-    async def __aenter__(self) -> Reader:
-        await self._hub._join(self)
-        self._joined = True
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._joined = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._inbox.clear()
-        self._ready.clear()
-        await self._hub._leave(self)
-
-    def __aiter__(self) -> Reader:
-        return self
-
-    async def __anext__(self) -> ReadEvent:
-        """The next event; the iteration ends after the terminal event.
-
-        Raises:
-            HubClosed: the hub was closed.
-            ReaderError: the job's live subscription could not be made.
-            ReplayTimeout: the stream did not answer for ``publish_outage_budget`` seconds.
-            DirectGetError: the stream is missing or refuses Direct Get.
-            nats.errors.ConnectionClosedError: the connection was closed.
-            RuntimeError: used outside ``async with``.
-        """
-        ready = self._ready
-        if ready and self._error is None and self._joined:  # the replay's fast path
-            ev = ready.popleft()
-            self.last_seq = ev.seq
-            return ev
-        if not self._joined:
-            raise RuntimeError("read a job inside `async with hub.subscribe(job_id)`")
-        try:
-            return await self._next()
-        except HubClosed as e:
-            if e.job_id == self.job_id:
-                raise
-            # A replay request the closing hub failed: say where *this* reader resumes.
-            raise HubClosed("hub closed", self.job_id, self.last_seq) from None
-
-    async def _next(self) -> ReadEvent:
-        while True:
-            if self._error is not None:
-                raise self._error
-            if self._ready:
-                return self._hand_out(self._ready.popleft())
-            if self._ended:
-                raise StopAsyncIteration
-            if self._hub._needs_sub:
-                # Subscribe before the re-read that _resync asked for: nothing falls between.
-                await self._hub._ensure_live(self.job_id)
-            if self._want != self._have:
-                await self._fetch()
-                continue
-            inbox = self._inbox
-            while inbox:
-                ev, prev = inbox.popleft()
-                if ev.seq <= self._cursor:
-                    continue  # already read from the stream
-                if prev != self._cursor:
-                    self._want += 1  # a gap: re-read from the cursor
-                    break
-                self._accept(ev)
-                return self._hand_out(ev)
-            else:
-                await self._wait()
-
-    def _accept(self, ev: ReadEvent) -> None:
-        self._cursor = ev.seq
-        if ev.kind in TERMINAL_KINDS:
-            self._ended = True
-            self._inbox.clear()
-
-    def _hand_out(self, ev: ReadEvent) -> ReadEvent:
-        self.last_seq = ev.seq
-        return ev
-
-    def _on_live(self, item: tuple[ReadEvent, int]) -> None:
-        if self._ended or self._error is not None:
-            return
-        if len(self._inbox) + len(self._ready) >= self._hub._limit:
-            self._inbox.clear()  # all of it is in the stream: re-read it when reading again
-            self._want += 1
-            self.catchups += 1
-        else:
-            self._inbox.append(item)
-        _wake(self._waiter, True)
-
-    def _resync(self) -> None:
-        self._want += 1
-        _wake(self._waiter, True)
-
-    def _fail(self, error: BaseException) -> None:
-        self._error = error
-        _wake(self._waiter, True)
-
-    async def _fetch(self) -> None:
-        """One Direct Get batch from the cursor; the re-read is complete once nothing is pending."""
-        want = self._want
-        # Everything queued live is already stored, so this re-read (and its next rounds) covers it.
-        self._inbox.clear()
-        msgs, pending = await self._hub._fetch(self.job_id, self._cursor + 1)
-        for m in msgs:
-            if m.seq > self._cursor and not self._ended:
-                ev = _stored_event(m)
-                self._ready.append(ev)
-                self._accept(ev)
-        if not msgs and self._have == 0 and self._cursor > 0:
-            await self._check_resumed_after_end()
-        if self._ended or (pending == 0 and self._want == want):
-            self._have = self._want
-        if len(self._inbox) + len(self._ready) > self._hub._limit:
-            self._inbox.clear()
-            self._want += 1
-
-    async def _check_resumed_after_end(self) -> None:
-        """A reader resuming right after the terminal event ends at once instead of waiting."""
-        last = await self._hub._last_msg(self.job_id)
-        if last is not None and last.seq == self._cursor:
-            self._ended = last.header("Genjobs-Kind") in TERMINAL_KINDS
-
-    async def _wait(self) -> None:
-        """Wait for a live message, or until ``idle_check`` seconds passed without any."""
-        loop = asyncio.get_running_loop()
-        if self._idle_at == 0.0:
-            self._idle_at = loop.time() + self._hub._idle_delay()
-        if self._timer is None:
-            self._timer = loop.call_at(self._idle_at, self._on_timer)
-        self._waiter = loop.create_future()
-        try:
-            woke = await self._waiter
-        finally:
-            self._waiter = None
-        if not woke:
-            await self._idle_check()
-        self._idle_at = loop.time() + self._hub._idle_delay()
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        if self._waiter is None:
-            return  # not waiting: the next wait arms the timer again
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._idle_at:
-            self._timer = loop.call_at(self._idle_at, self._on_timer)
-        else:
-            _wake(self._waiter, False)
-
-    async def _idle_check(self) -> None:
-        """Nothing came for a while: make sure nothing (the terminal event above all) was lost."""
-        self._hub._check_reconnects()
-        if self._want != self._have:
-            return
-        try:
-            last = await self._hub._last_msg(self.job_id)
-        except ReplayTimeout as e:
-            log.warning("idle check of job %s failed, next one later: %s", self.job_id, e)
-            return
-        if last is not None and last.seq > self._cursor:
-            self._want += 1
-
-
 class _Feed:
     """The one live subscription of a job in a hub, fanned out to the job's readers."""
 
-    __slots__ = ("hub", "job_id", "local", "readers", "sub")
+    __slots__ = ("hub", "job_id", "local", "readers", "sub", "tail_at", "tail_seq")
 
     def __init__(self, hub: LiveHub, job_id: str) -> None:
         self.hub = hub
         self.job_id = job_id
         self.readers: set[Reader] = set()
         self.sub: Subscription | None = None
-        self.local = False  # fed by the job's actor in this process (service/localtap.py)
+        self.local = False  # fed by the job's actor in this process (service/nats/localtap.py)
+        # The job's last stored seq as an idle check saw it, and when that check started:
+        # the job's other idle readers reuse it for half an idle interval (LiveHub._recent_tail).
+        self.tail_at = -1e18
+        self.tail_seq = 0
 
     def on_local(self, seq: int, prev: int, kind: str, index: int, data: bytes) -> None:
         item = (ReadEvent(seq, index, kind, data), prev)
@@ -356,12 +96,12 @@ class _Feed:
     async def on_msg(self, msg: Msg) -> None:
         h: dict[str, str] = msg.headers or {}
         try:
-            seq, prev = int(h["Nats-Sequence"]), int(h["Nats-Last-Sequence"])
+            seq, prev = int(h[hdr.SEQUENCE]), int(h[hdr.LAST_SEQUENCE])
         except (KeyError, ValueError):
             log.warning("ignoring a live message without sequence headers on %s", msg.subject)
             return
         self.hub._check_reconnects()
-        item = (_make_event(seq, h, msg.data), prev)  # one object for all readers of the job
+        item = (live_event(seq, h, msg.data), prev)  # one object for all readers of the job
         for reader in self.readers:
             reader._on_live(item)
 
@@ -393,6 +133,7 @@ class LiveHub:
         self._limit = max(1, settings.reader_queue)
         self._batch = max(1, min(replay_batch, self._limit))
         self._dg = dg or client_for(nc)
+        self._outage = OutagePolicy.from_settings(settings)
         self._feeds: dict[str, _Feed] = {}
         self._tap = tap_for(nc)
         self._needs_sub: set[str] = set()  # jobs whose local actor ended: subscribe to NATS
@@ -425,7 +166,7 @@ class LiveHub:
         if not _ID_RE.fullmatch(job_id):
             raise ValueError(f"invalid job id {job_id[:40]!r}")
         last = await self._last_msg(job_id)
-        return None if last is None else _stored_event(last)
+        return None if last is None else stored_event(last)
 
     def watchers(self, job_id: str) -> int:
         """How many readers of ``job_id`` are open in this hub."""
@@ -517,8 +258,7 @@ class LiveHub:
         if sub is None or self._nc.is_closed or self._nc.is_draining:
             return None  # the connection removes its subscriptions itself
         await sub.unsubscribe()
-        task: asyncio.Task[None] | None = getattr(sub, "_wait_for_msgs_task", None)
-        return task
+        return compat.subscription_task(sub)
 
     async def _presence(self, cb: PresenceCallback, job_id: str) -> None:
         try:
@@ -541,6 +281,29 @@ class LiveHub:
             ),
         )
 
+    async def _recent_tail(self, job_id: str) -> int:
+        """The job's last stored seq, as of at most ``idle_check / 2`` seconds ago.
+
+        Idle checks are per reader, but their answer is per job: a gateway with thousands of
+        idle readers on a few jobs would otherwise send one Direct Get per reader and
+        interval. The first reader of a job to check asks the stream; the job's other readers
+        reuse that answer for half an interval, so a lost event is still found within about
+        1.5 intervals, with one request per job and half interval however many readers wait.
+        The answer is recorded only once the request returned (a cancelled reader leaves the
+        feed as it was).
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        feed = self._feeds.get(job_id)
+        if feed is not None and started - feed.tail_at < self._idle / 2:
+            return feed.tail_seq
+        last = await self._last_msg(job_id)
+        seq = 0 if last is None else last.seq
+        feed = self._feeds.get(job_id)
+        if feed is not None and started > feed.tail_at:
+            feed.tail_at, feed.tail_seq = started, seq
+        return seq
+
     async def _last_msg(self, job_id: str) -> StoredMsg | None:
         subject = self._s.events_subject(job_id)
         return await self._ride_out(
@@ -551,51 +314,36 @@ class LiveHub:
         )
 
     async def _ride_out(self, job_id: str, request: Callable[[], Awaitable[_T]]) -> _T:
-        """``request()`` retried through an outage, as a job's publishes are.
+        """``request()`` retried through an outage under the outage policy, as a job's
+        publishes are (``service/nats/outage.py``): a reader waits out the same outage its
+        job's producer waits out.
 
         A timeout (server away, reconnecting) and a 503 (no responders: the stream has no
-        leader during an election or a lost quorum, or is missing) are retried until
-        ``publish_outage_budget`` seconds have passed since the first failure, then raised: a
-        reader waits out the same outage its job's producer waits out. After a 503 the retry
-        backs off as a publish does (``BACKOFF_FIRST`` doubling to ``BACKOFF_MAX``); a timeout
-        has waited already. A closed hub or
-        connection ends the wait at once.
+        leader during an election or a lost quorum, or is missing) are retried until the
+        budget is spent, then raised; after a 503 the retry backs off, a timeout has waited
+        already. A closed hub or connection ends the wait at once.
 
         Raises:
             HubClosed: the hub is (or gets) closed.
-            ReplayTimeout, DirectGetError: still failing when the budget was spent; a
-                DirectGetError other than 503 at once.
+            DirectGetError: still failing when the budget was spent (:class:`ReplayTimeout`
+                for a timeout); one that is not transient at once.
         """
-        loop = asyncio.get_running_loop()
-        first_failure: float | None = None
-        backoff = BACKOFF_FIRST
-        while True:
+
+        async def attempt() -> _T:
             if self._closed:
                 # close() fails only the requests already out; one sent now, on a connection
                 # that is closing, would be waited out for request_timeout.
                 raise HubClosed("hub closed", "", 0)  # re-raised per reader
-            try:
-                return await request()
-            except (ReplayTimeout, DirectGetError) as e:
-                if isinstance(e, DirectGetError) and e.status != "503":
-                    raise
-                if self._closed or self._nc.is_closed:
-                    raise
-                now = loop.time()
-                first_failure = now if first_failure is None else first_failure
-                spent = now - first_failure
-                if spent >= self._s.publish_outage_budget:
-                    raise
-                log.warning(
-                    "replay of job %s failed (%.1f s into the outage), retrying: %s",
-                    job_id,
-                    spent,
-                    e,
-                )
-                if isinstance(e, DirectGetError):
-                    pause = min(backoff, self._s.publish_outage_budget - spent)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
-                    await self._pause(pause)
+            return await request()
+
+        return await retry(
+            attempt,
+            self._outage,
+            what=f"replay of job {job_id}",
+            transient=transient,
+            stopped=lambda: self._closed or self._nc.is_closed,
+            sleep=self._pause,
+        )
 
     async def _pause(self, seconds: float) -> None:
         """Wait ``seconds``, or less if the hub is closed meanwhile."""

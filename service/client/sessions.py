@@ -29,7 +29,10 @@ Deliberate differences:
   resumable reader never wants. Open one session name per reader.
 
 Errors, the event and info values and the consumer naming live in :mod:`schemas.session` (no
-I/O) and are re-exported here.
+I/O) and are re-exported here; the JetStream calls and their error translation are
+``service/client/session_api.py``. Its Direct Gets ride out an outage under the outage policy
+(``service/nats/outage.py``), as a live reader's do; the consumer requests (create, fetch,
+info, ack) answer :class:`SessionUnavailable` at once and leave the retry to the caller.
 
 Limits, stated honestly:
 
@@ -49,20 +52,17 @@ Limits, stated honestly:
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator, Iterable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Final
 
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, ReplayPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy
 
-from schemas.events import HDR_INDEX, HDR_KIND
 from schemas.session import (
     AckNotApplied,
     InvalidSessionId,
@@ -76,6 +76,7 @@ from schemas.session import (
     session_consumer_name,
     validate_session_ids,
 )
+from service.client.session_api import SessionApi, event_of, seq_pair
 from service.config import Settings
 
 __all__ = [
@@ -97,149 +98,10 @@ __all__ = [
 # nats.conf sets jetstream.limits.max_request_batch = 1000; a bigger pull request is answered
 # with a 409 that nats-py treats as "no messages", so a larger read would silently return [].
 _MAX_FETCH: Final = 1000
-# Direct Get pages: at most this many events, and the server stops a page once it has sent this
-# many bytes (it always sends at least one event, so an 8 MB final event still comes through).
+# Direct Get pages: at most this many events (and 4 MB, see service/client/session_api.py).
 _DIRECT_BATCH: Final = 1000
-_DIRECT_MAX_BYTES: Final = 4 * 1024 * 1024
 # An ack is re-sent when a concurrent ack on the same session moved the floor under it.
 _ACK_ATTEMPTS: Final = 3
-_CONSUMER_NOT_FOUND: Final = 10014  # JetStream API err_code
-
-
-# Helpers -------------------------------------------------------------------------------------
-
-
-def _status(msg: Msg) -> str | None:
-    headers = msg.headers
-    return None if headers is None else headers.get("Status")
-
-
-def _event(seq: int, msg: Msg) -> SessionEvent:
-    headers = msg.headers or {}
-    raw_index = headers.get(HDR_INDEX, "")
-    return SessionEvent(
-        seq=seq,
-        index=int(raw_index) if raw_index.isdecimal() else -1,
-        kind=headers.get(HDR_KIND, ""),
-        data=msg.data,
-    )
-
-
-def _direct_event(msg: Msg) -> SessionEvent:
-    """A Direct Get reply carries the stored headers plus ``Nats-Sequence``.
-
-    Raises:
-        nats.js.errors.APIError: the sequence is missing (paging could not advance without it).
-    """
-    raw = (msg.headers or {}).get("Nats-Sequence", "")
-    if not raw.isdecimal():
-        raise nats.js.errors.APIError(
-            description=f"direct get reply without Nats-Sequence: {raw!r}"
-        )
-    return _event(int(raw), msg)
-
-
-def _seq_pair(info: ConsumerInfo) -> tuple[int, int, int, int]:
-    """(ack floor stream seq, ack floor consumer seq, delivered stream seq, delivered consumer seq)."""
-    floor, delivered = info.ack_floor, info.delivered
-    return (
-        floor.stream_seq if floor else 0,
-        floor.consumer_seq if floor else 0,
-        delivered.stream_seq if delivered else 0,
-        delivered.consumer_seq if delivered else 0,
-    )
-
-
-class _Api:
-    """The JetStream calls a store and its sessions share, with nats-py errors translated here,
-    at the boundary, into :class:`SessionError` subclasses (cause chained)."""
-
-    def __init__(self, nc: NATS, settings: Settings) -> None:
-        self.nc = nc
-        self.settings = settings
-        self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout)
-        self.stream = settings.stream_name
-
-    @asynccontextmanager
-    async def boundary(
-        self, job_id: str, name: str, consumer: str, what: str
-    ) -> AsyncIterator[None]:
-        try:
-            yield
-        except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as e:
-            # Nobody answered on the consumer's subjects: either it is gone or JetStream is
-            # briefly unavailable (leader election). Ask once which, so callers can tell.
-            raise await self._gone_or_unavailable(job_id, name, consumer, what, e) from e
-        except nats.js.errors.NotFoundError as e:
-            if e.err_code == _CONSUMER_NOT_FOUND:
-                raise SessionNotFound(job_id, name) from e
-            raise SessionUnavailable(job_id, name, f"{what}: {e}") from e
-        except nats.errors.Error as e:
-            raise SessionUnavailable(job_id, name, f"{what}: {e}") from e
-
-    async def _gone_or_unavailable(
-        self, job_id: str, name: str, consumer: str, what: str, cause: Exception
-    ) -> SessionError:
-        try:
-            await self.js.consumer_info(self.stream, consumer)
-        except nats.js.errors.NotFoundError:
-            return SessionNotFound(job_id, name)
-        except nats.errors.Error as probe:
-            return SessionUnavailable(
-                job_id, name, f"{what}: {cause!r}; consumer info also failed: {probe!r}"
-            )
-        return SessionUnavailable(job_id, name, f"{what}: {cause!r} (the session exists)")
-
-    async def direct_last(self, subject: str) -> SessionEvent | None:
-        """The last stored event of ``subject``, or None when it has none."""
-        req = json.dumps({"last_by_subj": subject}).encode()
-        msg = await self.nc.request(
-            f"$JS.API.DIRECT.GET.{self.stream}", req, timeout=self.settings.request_timeout
-        )
-        status = _status(msg)
-        if status == "404":
-            return None
-        if status is not None:
-            raise nats.js.errors.APIError(code=int(status), description=str(msg.headers))
-        return _direct_event(msg)
-
-    async def direct_batch(self, start: int, subject: str, batch: int) -> list[SessionEvent]:
-        """Events of ``subject`` from stream sequence ``start`` on, at most ``batch`` of them.
-
-        nats-py does not wrap the batched Direct Get: the replies are individual messages on our
-        inbox, closed by a ``204 EOB`` status message (``404`` when nothing matches).
-        """
-        req = json.dumps(
-            {"seq": start, "next_by_subj": subject, "batch": batch, "max_bytes": _DIRECT_MAX_BYTES}
-        ).encode()
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
-        out: list[SessionEvent] = []
-        try:
-            await self.nc.publish(f"$JS.API.DIRECT.GET.{self.stream}", req, reply=inbox)
-            try:
-                async with asyncio.timeout(self.settings.request_timeout):
-                    async for msg in sub.messages:
-                        status = _status(msg)
-                        if status is None:
-                            out.append(_direct_event(msg))
-                        elif status in ("204", "404"):
-                            break
-                        elif status == "503":
-                            raise nats.js.errors.APIError(
-                                code=503,
-                                description="direct get: no responder (stream missing or "
-                                "allow_direct off)",
-                            )
-                        else:
-                            raise nats.js.errors.APIError(
-                                code=int(status), description=str(msg.headers)
-                            )
-            except TimeoutError as e:
-                raise nats.errors.TimeoutError from e
-        finally:
-            await sub.unsubscribe()
-        return out
 
 
 # Store and sessions --------------------------------------------------------------------------
@@ -263,7 +125,7 @@ class SessionStore:
         """
         if max_ack_pending < 1:
             raise ValueError(f"max_ack_pending must be >= 1, got {max_ack_pending}")
-        self._api = _Api(nc, settings)
+        self._api = SessionApi(nc, settings)
         self._settings = settings
         self._max_ack_pending = max_ack_pending
 
@@ -302,7 +164,7 @@ class SessionStore:
             info = await api.js.add_consumer(api.stream, self._config(job_id, name, consumer))
             last = await api.direct_last(self._settings.events_subject(job_id))
             psub = await api.js.pull_subscribe_bind(durable=consumer, stream=api.stream)
-        _, _, delivered_seq, _ = _seq_pair(info)
+        _, _, delivered_seq, _ = seq_pair(info)
         # A session whose terminal event was delivered in an earlier process is finished from
         # the start: nothing new will ever come, only pending() may still hold work.
         finished = last is not None and last.terminal and last.seq <= delivered_seq
@@ -357,7 +219,7 @@ class DurableSession:
 
     def __init__(
         self,
-        api: _Api,
+        api: SessionApi,
         job_id: str,
         name: str,
         consumer: str,
@@ -420,7 +282,7 @@ class DurableSession:
         for msg in msgs:
             seqs = msg.metadata.sequence
             self._dseq[seqs.stream] = seqs.consumer
-            event = _event(seqs.stream, msg)
+            event = event_of(seqs.stream, msg)
             if event.terminal:
                 self._finished = True
             events.append(event)
@@ -457,7 +319,7 @@ class DurableSession:
         async with self._boundary("ack"):
             for attempt in range(_ACK_ATTEMPTS + 1):
                 info = await api.js.consumer_info(api.stream, self.consumer)
-                floor_seq, floor_dseq, delivered_seq, _ = _seq_pair(info)
+                floor_seq, floor_dseq, delivered_seq, _ = seq_pair(info)
                 if seq <= floor_seq:
                     self._dseq = {s: d for s, d in self._dseq.items() if s > floor_seq}
                     return
@@ -504,7 +366,7 @@ class DurableSession:
         events: list[SessionEvent] = []
         async with self._boundary("pending"):
             info = await api.js.consumer_info(api.stream, self.consumer)
-            floor_seq, _, delivered_seq, _ = _seq_pair(info)
+            floor_seq, _, delivered_seq, _ = seq_pair(info)
             remaining = info.num_ack_pending or 0
             start = floor_seq + 1
             while remaining > 0 and start <= delivered_seq:
@@ -533,7 +395,7 @@ class DurableSession:
         api = self._api
         async with self._boundary("info"):
             info = await api.js.consumer_info(api.stream, self.consumer)
-        floor_seq, _, delivered_seq, _ = _seq_pair(info)
+        floor_seq, _, delivered_seq, _ = seq_pair(info)
         return SessionInfo(
             job_id=self.job_id,
             name=self.name,

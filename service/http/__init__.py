@@ -1,8 +1,6 @@
-"""The HTTP gateway (issue 13): browsers get genjobs' guarantees over SSE, and any Durable
-Streams client reads and writes streams stored in JetStream.
+"""The HTTP gateway (issue 13): browsers get genjobs' guarantees over SSE.
 
 ``app`` builds the aiohttp application and runs it; ``chat`` has LibreChat's routes (SSE with
 resume by sequence), ``health`` the probes and metrics, ``auth`` the JWT check, ``sse`` the
-framing, heartbeats and slow-client bound; ``durable`` the Durable Streams protocol at
-``/v1/stream``. docs/http.md describes every route and setting.
+framing, heartbeats and slow-client bound. docs/http.md describes every route and setting.
 """

@@ -12,7 +12,7 @@ aiohttp is its own asyncio server (one task per request, no ASGI layer, on uvloo
 connection costs it less than half of what Starlette on uvicorn needs (bench/sse_stack.py).
 
 The Durable Streams protocol is mounted at ``/v1/stream`` when ``service.http.durable``
-provides ``build_durable_app(nc, settings) -> web.Application``.
+provides ``build_durable_app(nc, settings, http_settings) -> web.Application``.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def _durable_app(nc: NATS, settings: Settings, hs: HttpSettings) -> web.Applicat
             raise
         return None
     build: Callable[..., web.Application] = module.build_durable_app
-    return build(nc, settings)
+    return build(nc, settings, hs)
 
 
 def _cors_middleware(hs: HttpSettings) -> Any:

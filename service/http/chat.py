@@ -24,7 +24,7 @@ from nats.errors import Error as NatsError
 from schemas.errors import BadRequest, GenjobsError, NotFound
 from schemas.ids import ID_RE
 from service.client import api as upstream
-from service.client.reader import LiveHub, ReaderError
+from service.client.reader import LiveHub, Reader, ReaderError
 from service.config import Settings
 from service.nats.directget import DirectGetError, ReplayTimeout
 
@@ -41,6 +41,8 @@ TERMINAL_STATUSES: Final = frozenset({"complete", "error", "aborted"})
 HIDDEN_KINDS: Final = frozenset({"usage"})
 """Not sent to browsers: token usage is billing data (it stays in the job's log and record)."""
 MAX_SEQ: Final = 2**63 - 1
+MAX_BATCH: Final = 256
+"""Frames written at once at most (a reader catching up has up to reader_queue waiting)."""
 
 NOT_FOUND_BODY: Final = {
     "error": "Stream not found",
@@ -160,14 +162,7 @@ class ChatRoutes:
                 if sync is not None:
                     await sse.write(sync)
                 async with self.hub.subscribe(job_id, after_seq=start) as reader:
-                    async for ev in reader:
-                        if ev.kind in HIDDEN_KINDS or (ev.seq <= skip_to and not ev.terminal):
-                            continue
-                        await sse.write(event_frame(ev))
-                        self.metrics.events.inc()
-                        if ev.terminal:
-                            ended = True
-                            break
+                    ended = await self._pump(reader, sse, skip_to)
         except SlowClient as e:
             sse.drop_slow(str(e))
         except ConnectionError:
@@ -183,6 +178,40 @@ class ChatRoutes:
             await sse.finish()
         return sse.resp
 
+    async def _pump(self, reader: Reader, sse: SseResponse, skip_to: int) -> bool:
+        """Write the reader's events until the terminal one (returns True) or the end.
+
+        Events that are already waiting (a reader catching up, or a busy loop that let several
+        arrive) go out in one write: one system call for many frames, not one per frame.
+
+        Raises:
+            SlowClient, ConnectionError, and the reader's errors (see Reader.__anext__).
+        """
+        frames: list[bytes] = []
+        limit = max(1, self.hs.sse_max_buffer // 4)  # a batch never jumps the buffer bound
+        async for ev in reader:
+            size = 0
+            while True:
+                if ev.kind not in HIDDEN_KINDS and (ev.seq > skip_to or ev.terminal):
+                    data = event_frame(ev)
+                    frames.append(data)
+                    size += len(data)
+                    if ev.terminal:
+                        await self._flush(sse, frames)
+                        return True
+                if not reader.ready_now() or len(frames) >= MAX_BATCH or size >= limit:
+                    break
+                ev = await anext(reader)  # ready: returns at once, no I/O
+            await self._flush(sse, frames)
+        await self._flush(sse, frames)
+        return False
+
+    async def _flush(self, sse: SseResponse, frames: list[bytes]) -> None:
+        if frames:
+            await sse.write(frames[0] if len(frames) == 1 else b"".join(frames))
+            self.metrics.events.inc(len(frames))
+            frames.clear()
+
     # --- GET /active, GET /status/:conversationId, POST /abort ------------------------------------
 
     async def active(self, request: web.Request) -> web.Response:
@@ -196,12 +225,14 @@ class ChatRoutes:
         body = upstream.job_body(job_id, ident.user_id, ident.tenant_id)
         try:
             info = await self._call("status", body)
-            snap = await self._call("resume", body)
+            active = bool(info.get("active"))
+            # LibreChat sends the resume state of a running job only.
+            snap = await self._call("resume", body) if active else None
         except NotFound:
             return web.json_response({"active": False})
         return web.json_response(
             {
-                "active": bool(info.get("active")),
+                "active": active,
                 "streamId": job_id,
                 "status": info.get("status"),
                 "aggregatedContent": info.get("aggregatedContent", []),

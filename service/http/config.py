@@ -150,7 +150,10 @@ class HttpSettings:
             raise ValueError(
                 f"GENJOBS_HTTP_CHAT_PREFIX={self.chat_prefix!r}: must start and not end with /"
             )
-        parse_listen(self.listen)
+        try:
+            parse_listen(self.listen)
+        except ValueError as e:
+            raise ValueError(f"GENJOBS_HTTP / --http: {e}") from e
 
 
 def parse_listen(value: str) -> tuple[str, int]:

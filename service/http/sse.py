@@ -1,8 +1,9 @@
 """Server-sent events for one job: frames with ``id: <stream seq>``, heartbeats, slow clients.
 
 A response is one task (aiohttp's handler task) that reads the job with the client SDK's
-:class:`~service.reader.Reader` and writes each event as it comes; nothing else per connection
-(no queue task, no timer): one :class:`Heartbeats` task per process walks the open responses.
+:class:`~service.client.reader.Reader` and writes the events as they come (those already
+waiting in one write); no other task per connection: one :class:`Heartbeats` task per process
+walks the open responses.
 
 Every frame carries ``id: <seq>``, the event's stream sequence, so a browser's ``EventSource``
 reconnect (``Last-Event-ID``) continues after the last frame it parsed, with no gap and no
@@ -74,7 +75,7 @@ class SlowClient(Exception):
 class SseResponse:
     """One open SSE response: write frames, heartbeat, drop a slow client."""
 
-    __slots__ = ("_over_since", "hs", "last_write", "metrics", "request", "resp")
+    __slots__ = ("_over_since", "done", "hs", "last_write", "metrics", "request", "resp")
 
     def __init__(
         self, request: web.Request, resp: web.StreamResponse, hs: HttpSettings, metrics: Metrics
@@ -85,6 +86,8 @@ class SseResponse:
         self.metrics = metrics
         self.last_write = 0.0
         self._over_since = 0.0
+        self.done = False
+        """The handler has stopped writing events: no more heartbeats."""
 
     @classmethod
     async def open(
@@ -136,6 +139,8 @@ class SseResponse:
         Raises:
             ConnectionError: the client is gone.
         """
+        if self.done:
+            return
         if self.buffered() >= self.hs.sse_max_buffer:
             if self._over_since == 0.0:
                 self._over_since = now
@@ -189,6 +194,7 @@ class Heartbeats:
         try:
             yield
         finally:
+            sse.done = True
             self.open.discard(sse)
 
     async def run(self) -> None:
@@ -201,4 +207,8 @@ class Heartbeats:
                 try:
                     await sse.heartbeat(now)
                 except ConnectionError:
+                    sse.close()
+                except Exception:
+                    # One broken response must not stop the heartbeats of all the others.
+                    log.exception("heartbeat to %s failed; closing it", sse.request.remote)
                     sse.close()

@@ -49,6 +49,7 @@ _COMPARED = (
     "max_consumers",
     "allow_direct",
     "allow_msg_ttl",
+    "allow_atomic",
     "allow_rollup_hdrs",
     "deny_delete",
 )
@@ -119,6 +120,8 @@ def ds_stream_config(s: Settings) -> StreamConfig:
         max_bytes=s.stream_max_bytes,
         allow_direct=True,
         allow_rollup_hdrs=False,
+        # Concurrent appends to one stream commit together as one atomic batch.
+        allow_atomic=True,
         # Appends are fenced with Nats-Expected-Last-Subject-Sequence, not Msg-Id.
         duplicate_window=1.0,
         republish=RePublish(src=f"{s.prefix}.ds.*", dest=f"{s.prefix}.dslive.{{{{wildcard(1)}}}}"),

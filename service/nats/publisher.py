@@ -14,10 +14,10 @@ take N), anything else means another writer fenced us out (a takeover writes the
 
 Outages: a stream-leader election, a lost quorum or a reconnect shows up as 503 "no
 responders", as acks that never come, or as a read-back that cannot be answered. None of them
-is a reason to fail a job at once: the publish keeps retrying (backing off, so a 503 does not
-burn its attempts in milliseconds) until the *outage budget* — seconds since its first failed
-attempt, ``Settings.publish_outage_budget`` — is spent; meanwhile the actor's inbox fills and
-producers wait (backpressure). Only then is :class:`StoreFailed` raised and the job fails loudly.
+is a reason to fail a job at once: the publish keeps retrying under the outage policy
+(``service/nats/outage.py``: backing off after a 503, until the budget is spent); meanwhile the
+actor's inbox fills and producers wait (backpressure). Only then is :class:`StoreFailed`
+raised and the job fails loudly.
 """
 
 from __future__ import annotations
@@ -26,21 +26,20 @@ import asyncio
 import itertools
 import logging
 import re
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
 
 import msgspec
-import nats.errors
-import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from schemas import headers as hdr
 from schemas.errors import OwnershipLost, StoreFailed
+from service.nats.directget import DirectGetError, client_for
+from service.nats.outage import Outage, OutagePolicy
 
 log = logging.getLogger("genjobs.publisher")
 
-HDR_EXPECTED_LAST_SUBJ_SEQ = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST_SEQUENCE = 10071
 WRONG_LAST_SEQUENCE_IN_FLIGHT = 10164
 """A replicated stream's answer "wrong last sequence" without a sequence: another write to the
@@ -48,15 +47,12 @@ subject with an expected last sequence is still being processed (often our own t
 attempt). Not a verdict: once that write settles, the same publish gets an ack or 10071."""
 MAX_PER_SUBJECT = 10077  # "maximum messages per subject exceeded"
 CLUSTER_NOT_AVAILABLE = 10008  # "JetStream system temporarily unavailable"
-_IDENTITY = ("Genjobs-Index", "Genjobs-Writer", "Genjobs-Kind")
+_IDENTITY = (hdr.INDEX, hdr.WRITER, hdr.KIND)
 """Headers that tell our stored retry from another event at the same index. The kind counts
 too: an event given up after the outage budget may still land later (its copies were on the
 wire), and the terminal error written next at the same index by the same writer must not be
 taken for it."""
 _WRONG_LAST_RE = re.compile(r"wrong last sequence: (\d+)")
-BACKOFF_FIRST = 0.1
-BACKOFF_MAX = 1.0
-"""Pause between attempts that failed fast (503, read-back unanswered): 0.1 s doubling to 1 s."""
 
 
 class _ApiError(msgspec.Struct):
@@ -69,6 +65,7 @@ class _PubAck(msgspec.Struct):
     stream: str = ""
     seq: int = 0
     duplicate: bool = False
+    count: int = 0  # messages of an atomic batch (its commit's ack)
     error: _ApiError | None = None
 
 
@@ -101,10 +98,12 @@ class PublishRejected(Exception):
 class FencedPublisher:
     """Publishes with acks over one wildcard inbox subscription. One per connection."""
 
-    def __init__(self, nc: NATS, *, timeout: float = 5.0, outage_budget: float = 30.0) -> None:
+    def __init__(
+        self, nc: NATS, *, timeout: float = 5.0, policy: OutagePolicy | None = None
+    ) -> None:
         self._nc = nc
         self._timeout = timeout
-        self._outage_budget = outage_budget
+        self._policy = policy or OutagePolicy()
         self.outage_retries = 0
         """Attempts retried because of an outage (timeouts, 503, unanswered read-backs)."""
         self.on_ack: Callable[[float], None] | None = None
@@ -135,7 +134,7 @@ class FencedPublisher:
         fut = self._pending.pop(token, None)
         if fut is None or fut.done():
             return  # a late ack for a publish that already timed out; the retry resolves it
-        if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+        if not msg.data and msg.headers and msg.headers.get(hdr.STATUS) == "503":
             fut.set_exception(
                 PublishRejected(503, "no responders: the event stream is unavailable", 503)
             )
@@ -177,6 +176,40 @@ class FencedPublisher:
             self.on_ack(loop.time() - sent)
         return ack.seq
 
+    async def publish_batch(
+        self, subject: str, messages: list[tuple[bytes, dict[str, str]]]
+    ) -> tuple[int, int]:
+        """One attempt at an atomic batch (JetStream 2.12+, the stream needs
+        ``allow_atomic``): every message is stored, or none; consistency headers of the first
+        (``Nats-Expected-Last-Subject-Sequence``) guard the whole batch. Only the commit message
+        is acknowledged. Returns (the commit's sequence, how many were stored).
+
+        Raises:
+            PublishTimeout: no ack in time (ambiguous: the batch may be stored).
+            PublishRejected: the server refused the batch (wrong last sequence, ...).
+        """
+        token = str(next(self._ids))
+        batch_id = f"{self._prefix.rsplit('.', 1)[-1]}{token}"[-64:]
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[_PubAck] = loop.create_future()
+        self._pending[token] = fut
+        timer = loop.call_later(self._timeout, self._expire, token)
+        last = len(messages)
+        try:
+            for i, (payload, headers) in enumerate(messages, 1):
+                h = {**headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i)}
+                if i == last:
+                    h["Nats-Batch-Commit"] = "1"
+                reply = f"{self._prefix}.{token}" if i == last else ""
+                await self._nc.publish(subject, payload, reply=reply, headers=h)
+            ack = await fut
+        finally:
+            timer.cancel()
+            self._pending.pop(token, None)
+        if ack.error is not None:
+            raise PublishRejected(ack.error.err_code, ack.error.description, ack.error.code)
+        return ack.seq, ack.count or last
+
     async def publish_fenced(
         self,
         stream: str,
@@ -186,39 +219,36 @@ class FencedPublisher:
         *,
         expected_last: int,
         index: int,
-        retries: int = 5,
+        retries: int | None = None,
     ) -> int:
         """Store exactly once after ``expected_last`` on ``subject``; returns the new sequence.
 
         ``headers`` must carry ``Genjobs-Index`` and ``Genjobs-Writer``; together they are how a
         stored retry is told apart from another writer's event at the same index.
 
-        Outages (timeouts, 503, a read-back nobody answers) are retried until the outage budget
-        is spent, counted from the first failed attempt, and at least ``retries`` times.
+        Outages (timeouts, 503, a read-back nobody answers) are retried under the outage policy:
+        until its budget is spent, counted from the first failed attempt, and at least
+        ``retries`` times (default: the policy's).
 
         Raises:
             OwnershipLost: another writer appended to the subject (we were fenced out).
             StoreFailed: the server refused the event, or the outage outlasted the budget.
         """
-        loop = asyncio.get_running_loop()
         h = dict(headers)
-        h[HDR_EXPECTED_LAST_SUBJ_SEQ] = str(expected_last)
-        first_failure: float | None = None
-        backoff = BACKOFF_FIRST
-        attempt = 0
+        h[hdr.EXPECTED_LAST_SUBJECT_SEQ] = str(expected_last)
+        outage: Outage | None = None  # made on the first failure: the hot path pays nothing
         while True:
-            attempt += 1
             try:
                 return await self.publish_once(subject, payload, dict(h))
             except PublishTimeout as e:
                 error: Exception = e
-                pause = 0.0  # the attempt itself already waited ``timeout``
+                waited = self._timeout  # the attempt itself already waited: no pause
             except PublishRejected as e:
                 if e.err_code == WRONG_LAST_SEQUENCE:
                     try:
                         seq = await self._stored_by_us(stream, subject, h, e.description)
                     except _ReadBackUnavailable as unavailable:
-                        error, pause = unavailable, backoff
+                        error, waited = unavailable, 0.0
                     else:
                         if seq is not None:
                             return seq
@@ -226,18 +256,16 @@ class FencedPublisher:
                             subject, f"another writer appended: {e.description}"
                         ) from e
                 elif e.transient:
-                    error, pause = e, backoff
+                    error, waited = e, 0.0
                 else:
                     raise StoreFailed(f"event {index} on {subject} refused: {e.description}") from e
-            now = loop.time()
-            if first_failure is None:
-                first_failure = now - (self._timeout if isinstance(error, PublishTimeout) else 0)
-            spent = now - first_failure
-            if spent >= self._outage_budget and attempt > retries:
+            if outage is None:
+                outage = self._policy.begin(retries=retries)
+            if not outage.failed(waited=waited):
                 raise StoreFailed(
                     f"event {index} on {subject} not stored: the event stream was unavailable "
-                    f"for {spent:.1f} s (outage budget {self._outage_budget:g} s, "
-                    f"{attempt} attempts): {error}"
+                    f"for {outage.spent:.1f} s (outage budget {self._policy.budget:g} s, "
+                    f"{outage.attempts} attempts): {error}"
                 ) from error
             self.outage_retries += 1
             log.warning(
@@ -245,13 +273,12 @@ class FencedPublisher:
                 "retrying",
                 index,
                 subject,
-                attempt,
-                spent,
+                outage.attempts,
+                outage.spent,
                 error,
             )
-            if pause:
-                await asyncio.sleep(min(pause, max(0.0, self._outage_budget - spent) + 0.01))
-                backoff = min(backoff * 2, BACKOFF_MAX)
+            if not waited:
+                await asyncio.sleep(outage.pause())
 
     async def _stored_by_us(
         self, stream: str, subject: str, sent: dict[str, str], refusal: str
@@ -265,90 +292,22 @@ class FencedPublisher:
             _ReadBackUnavailable: nobody answered, or the answer is older than N.
         """
         try:
-            msg = await direct_get_last(self._nc, stream, subject, timeout=self._timeout)
-        except StoreFailed as e:
+            msg = await client_for(self._nc).last_msg(stream, subject, timeout=self._timeout)
+        except DirectGetError as e:
             raise _ReadBackUnavailable(f"read-back after {refusal!r}: {e}") from e
         m = _WRONG_LAST_RE.search(refusal)
         at_least = int(m.group(1)) if m else 0
         if msg is None and at_least == 0:
             return None  # the subject is empty, as the leader said: not ours
-        if msg is None or msg[0] < at_least:
-            got = "nothing" if msg is None else f"seq {msg[0]}"
+        if msg is None or msg.seq < at_least:
+            got = "nothing" if msg is None else f"seq {msg.seq}"
             raise _ReadBackUnavailable(
                 f"read-back after {refusal!r} answered {got}: a replica behind the leader"
             )
-        seq, headers = msg
-        if all(headers.get(k) == sent.get(k) for k in _IDENTITY if k in sent):
-            return seq
+        if all(msg.header(k) == sent.get(k) for k in _IDENTITY if k in sent):
+            return msg.seq
         return None
 
 
 class _ReadBackUnavailable(Exception):
     """The read-back that resolves an ambiguous retry could not be answered (yet)."""
-
-
-T = TypeVar("T")
-
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.js.errors.NoStreamResponseError,
-    nats.js.errors.ServiceUnavailableError,
-)
-"""What a JetStream request (a KV write) raises while its stream elects a leader or lost its
-quorum, or while the connection is reconnecting: worth retrying within the outage budget."""
-
-
-async def ride_out(op: Callable[[], Awaitable[T]], *, budget: float, what: str) -> T:
-    """``op()`` retried with backoff through transient NATS errors until ``budget`` seconds
-    have passed since the first failure — the KV writes of a job's lifecycle get the same
-    outage budget as its events. ``op`` must be safe to repeat (a put, a purge, or a CAS whose
-    landed retry the caller resolves from the Conflict it then raises).
-
-    Raises:
-        StoreFailed: still failing when the budget was spent.
-    """
-    loop = asyncio.get_running_loop()
-    first_failure: float | None = None
-    backoff = BACKOFF_FIRST
-    while True:
-        try:
-            return await op()
-        except TRANSIENT_ERRORS as e:
-            now = loop.time()
-            if first_failure is None:
-                first_failure = now
-            spent = now - first_failure
-            if spent >= budget:
-                raise StoreFailed(
-                    f"{what}: NATS unavailable for {spent:.1f} s (outage budget {budget:g} s): "
-                    f"{e!r}"
-                ) from e
-            log.warning("%s failed (%.1f s into the outage): %r; retrying", what, spent, e)
-            await asyncio.sleep(min(backoff, budget - spent + 0.01))
-            backoff = min(backoff * 2, BACKOFF_MAX)
-
-
-async def direct_get_last(
-    nc: NATS, stream: str, subject: str, *, timeout: float = 5.0
-) -> tuple[int, dict[str, Any]] | None:
-    """The last message on ``subject`` as (seq, headers), or None if the subject is empty.
-
-    Raises:
-        StoreFailed: the stream did not answer.
-    """
-    try:
-        reply = await nc.request(
-            f"$JS.API.DIRECT.GET.{stream}",
-            msgspec.json.encode({"last_by_subj": subject}),
-            timeout=timeout,
-        )
-    except Exception as e:  # nats.errors.TimeoutError / NoRespondersError
-        raise StoreFailed(f"direct get of {subject} failed: {e!r}") from e
-    headers = dict(reply.headers or {})
-    status = headers.get("Status")
-    if status == "404":
-        return None
-    if status is not None:
-        raise StoreFailed(f"direct get of {subject}: status {status} {headers.get('Description')}")
-    return int(headers["Nats-Sequence"]), headers

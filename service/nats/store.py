@@ -24,22 +24,34 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from schemas import headers as hdr
 from schemas.api import ResumeSnapshot
+from schemas.bookkeeping import CleanupOrder, Heartbeat, UserIndexEntry
 from schemas.errors import Conflict, StoreFailed, Unavailable
 from schemas.job import JobRecord, decode_record, encode_record
 from service.config import Settings
+from service.nats.directget import (
+    DirectGetError,
+    ReplayTimeout,
+    StoredMsg,
+    client_for,
+    transient,
+)
 from service.nats.localtap import tap_for
-from service.nats.publisher import FencedPublisher, direct_get_last, ride_out
+from service.nats.outage import OutagePolicy, retry, ride_out
+from service.nats.publisher import FencedPublisher
 
 T = TypeVar("T")
 
 log = logging.getLogger("genjobs.store")
 
-HDR_KIND = "Genjobs-Kind"
-HDR_INDEX = "Genjobs-Index"
-HDR_WRITER = "Genjobs-Writer"
+_MULTI_LAST_BATCH = 1000
 _enc = msgspec.json.Encoder()
 _snapshot_decoder = msgspec.json.Decoder(ResumeSnapshot)
+
+
+def _row(m: StoredMsg) -> tuple[str, dict[str, str], bytes]:
+    return m.header(hdr.SUBJECT) or "", m.headers, m.data
 
 
 def _ttl(seconds: float | None) -> float | None:
@@ -55,9 +67,9 @@ class Store:
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout)
         self.s = settings
         self.replica_id = settings.replica_id
-        self.publisher = FencedPublisher(
-            nc, timeout=settings.publish_timeout, outage_budget=settings.publish_outage_budget
-        )
+        self.outage = OutagePolicy.from_settings(settings)
+        self.dg = client_for(nc)
+        self.publisher = FencedPublisher(nc, timeout=settings.publish_timeout, policy=self.outage)
         self.tap = tap_for(nc)
         self.jobs: KeyValue
         self.users: KeyValue
@@ -92,10 +104,9 @@ class Store:
             self.s.stream_name,
             self.s.events_subject(job_id),
             payload,
-            {HDR_KIND: kind, HDR_INDEX: str(index), HDR_WRITER: writer or self.replica_id},
+            {hdr.KIND: kind, hdr.INDEX: str(index), hdr.WRITER: writer or self.replica_id},
             expected_last=expected_last,
             index=index,
-            retries=self.s.publish_retries,
         )
 
     def claim_local(self, job_id: str) -> None:
@@ -115,21 +126,46 @@ class Store:
         return 0 if last is None else last[0]
 
     async def subject_last(self, job_id: str) -> tuple[int, dict[str, Any]] | None:
-        """(seq, headers) of the job's last event, or None when its subject is empty."""
-        return await direct_get_last(
-            self.nc,
-            self.s.stream_name,
-            self.s.events_subject(job_id),
-            timeout=self.s.request_timeout,
+        """(seq, headers) of the job's last event, or None when its subject is empty.
+
+        Rides out an outage under the outage policy, as publishes do: an actor that just gave
+        up publishing reads the tail here to write its terminal error once NATS is back.
+
+        Raises:
+            StoreFailed: the stream did not answer within the outage budget, or refused.
+        """
+        subject = self.s.events_subject(job_id)
+        last = await self._direct_get(
+            f"the last event of job {job_id}",
+            lambda: self.dg.last_msg(self.s.stream_name, subject, self.s.request_timeout),
         )
+        return None if last is None else (last.seq, last.headers)
 
     async def event_data(self, job_id: str, seq: int) -> bytes | None:
-        """The payload of one stored event (None if it is gone)."""
+        """The payload of one stored event (None if it is gone).
+
+        Raises:
+            StoreFailed: the stream did not answer within the outage budget, or refused.
+        """
+        msg = await self._direct_get(
+            f"event {seq} of job {job_id}",
+            lambda: self.dg.get(self.s.stream_name, seq, self.s.request_timeout),
+        )
+        return None if msg is None else msg.data
+
+    async def _direct_get(self, what: str, request: Callable[[], Awaitable[T]]) -> T:
+        """A Direct Get ridden out through an outage; its error becomes StoreFailed (the
+        adapter boundary)."""
         try:
-            msg = await self.js.get_msg(self.s.stream_name, seq=seq, direct=True)
-        except NotFoundError:
-            return None
-        return msg.data
+            return await retry(
+                request,
+                self.outage,
+                what=f"direct get of {what}",
+                transient=transient,
+                stopped=lambda: self.nc.is_closed,
+            )
+        except DirectGetError as e:
+            raise StoreFailed(f"direct get of {what} failed: {e}") from e
 
     async def purge_events(self, job_id: str, up_to_seq: int | None = None) -> None:
         """Remove a job's event log (only up to ``up_to_seq`` inclusive, if given)."""
@@ -179,7 +215,7 @@ class Store:
 
     async def _ride_out(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         """A KV write of a job's lifecycle, retried through an outage like its events."""
-        return await ride_out(op, budget=self.s.publish_outage_budget, what=what)
+        return await ride_out(op, self.outage, what=what)
 
     async def _cas_with_ttl(self, bucket: str, key: str, data: bytes, rev: int, ttl: float) -> int:
         # kv.update carries no TTL; a raw publish with the CAS header does (docs/nats-py.md).
@@ -187,7 +223,7 @@ class Store:
             ack = await self.js.publish(
                 f"$KV.{bucket}.{key}",
                 data,
-                headers={"Nats-Expected-Last-Subject-Sequence": str(rev)},
+                headers={hdr.EXPECTED_LAST_SUBJECT_SEQ: str(rev)},
                 msg_ttl=_ttl(ttl),
             )
         except BadRequestError as e:
@@ -203,7 +239,7 @@ class Store:
 
     async def add_user_index(self, rec: JobRecord) -> None:
         key = self.user_key(rec.user_id, rec.stream_id, rec.tenant_id)
-        value = _enc.encode({"createdAt": rec.created_at})
+        value = _enc.encode(UserIndexEntry(created_at=rec.created_at))
         await self._ride_out(f"user index of {rec.stream_id}", lambda: self.users.put(key, value))
 
     async def remove_user_index(self, user_id: str, job_id: str, tenant_id: str | None) -> None:
@@ -221,7 +257,7 @@ class Store:
         )
         out = []
         for subject, headers, data in subjects:
-            if headers.get("KV-Operation") in ("DEL", "PURGE") or not data:
+            if headers.get(hdr.KV_OPERATION) in ("DEL", "PURGE") or not data:
                 continue
             out.append(subject.rsplit(".", 1)[1])
         return out
@@ -229,41 +265,25 @@ class Store:
     async def direct_multi_last(
         self, stream: str, subject_filter: str
     ) -> list[tuple[str, dict[str, str], bytes]]:
-        """Last message of every subject matching the filter, without creating a consumer."""
-        out: list[tuple[str, dict[str, str], bytes]] = []
-        up_to: int | None = None
-        while True:
-            req: dict[str, Any] = {"multi_last": [subject_filter], "batch": 1000}
-            if up_to is not None:
-                req["up_to_seq"] = up_to
-            inbox = self.nc.new_inbox()
-            sub = await self.nc.subscribe(inbox)
-            page: list[tuple[str, dict[str, str], bytes]] = []
-            try:
-                await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", _enc.encode(req), reply=inbox)
-                while True:
-                    msg = await sub.next_msg(timeout=self.s.request_timeout)
-                    h = dict(msg.headers or {})
-                    status = h.get("Status")
-                    if status == "404":
-                        return out
-                    if status == "204":
-                        break
-                    if status is not None:
-                        raise StoreFailed(
-                            f"direct get on {stream}: {status} {h.get('Description')}"
-                        )
-                    page.append((h.get("Nats-Subject", ""), h, msg.data))
-            except TimeoutError as e:
-                raise Unavailable(f"direct get on {stream} timed out") from e
-            finally:
-                await sub.unsubscribe()
-            out.extend(page)
-            if len(page) < 1000:
-                return out
-            # More than a batch: a full page means there may be more; this path is rare
-            # (a user with 1,000+ active jobs), so a simple full-scan fallback is used.
-            return await self._scan_last(stream, subject_filter)
+        """Last message of every subject matching the filter, without creating a consumer.
+
+        Raises:
+            Unavailable: the stream did not answer in time.
+            StoreFailed: the stream refused the request.
+        """
+        try:
+            msgs, _ = await self.dg.multi_last(
+                stream, subject_filter, _MULTI_LAST_BATCH, self.s.request_timeout
+            )
+        except ReplayTimeout as e:
+            raise Unavailable(f"direct get on {stream} timed out") from e
+        except DirectGetError as e:
+            raise StoreFailed(str(e)) from e
+        if len(msgs) < _MULTI_LAST_BATCH:
+            return [_row(m) for m in msgs]
+        # A full page means there may be more; this path is rare (a user with 1,000+ active
+        # jobs), so a simple full scan is used.
+        return await self._scan_last(stream, subject_filter)
 
     async def _scan_last(
         self, stream: str, subject_filter: str
@@ -299,7 +319,7 @@ class Store:
         rows = await self._scan_last(f"KV_{self.s.jobs_bucket}", f"$KV.{self.s.jobs_bucket}.>")
         out = []
         for _, headers, data in rows:
-            if headers.get("KV-Operation") in ("DEL", "PURGE") or not data:
+            if headers.get(hdr.KV_OPERATION) in ("DEL", "PURGE") or not data:
                 continue
             try:
                 out.append(decode_record(data))
@@ -347,14 +367,10 @@ class Store:
     async def schedule_cleanup(self, rec: JobRecord) -> None:
         """Queue the removal of this generation's event log after ``completed_ttl``."""
         due = time.time() + self.s.completed_ttl
-        body = _enc.encode(
-            {
-                "jobId": rec.stream_id,
-                "createdAt": rec.created_at,
-                "upToSeq": rec.last_seq,
-                "due": due,
-            }
+        order = CleanupOrder(
+            job_id=rec.stream_id, created_at=rec.created_at, up_to_seq=rec.last_seq, due=due
         )
+        body = _enc.encode(order)
         subject = f"{self.s.prefix}.cleanup.{rec.stream_id}"
         # Repeating it is harmless: a second cleanup message purges an already purged log.
         await self._ride_out(f"cleanup of {rec.stream_id}", lambda: self.js.publish(subject, body))
@@ -362,7 +378,7 @@ class Store:
     # --- replicas -------------------------------------------------------------------------
 
     async def heartbeat(self) -> None:
-        await self.replicas.put(self.replica_id, _enc.encode({"at": time.time()}))
+        await self.replicas.put(self.replica_id, _enc.encode(Heartbeat(at=time.time())))
 
     async def stream_exists(self) -> bool:
         try:

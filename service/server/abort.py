@@ -25,13 +25,12 @@ import asyncio
 import logging
 from typing import Final
 
-import msgspec
 from nats.aio.msg import Msg
 
 from actors.handle import ActorHandle
 from actors.registry import Registry
 from actors.termination import Abort, claim_ended
-from schemas.api import AbortNotice, AbortResult, encode
+from schemas.api import AbortNotice, AbortResult, AbortSubjectBody, decode, encode
 from schemas.errors import (
     BadRequest,
     Conflict,
@@ -46,7 +45,7 @@ from service.config import Settings
 from service.nats.store import Store
 from service.server.liveness import Liveness
 from service.server.owner_link import NoAnswer, OwnerLink
-from service.server.reads import authorize, load_authorized
+from service.server.reads import load_authorized
 from service.server.replies import send, send_error
 from service.server.takeover import Takeover
 
@@ -170,32 +169,39 @@ class Aborts:
     # --- <prefix>.abort.<job> ---------------------------------------------------------------
 
     async def on_subject(self, msg: Msg) -> None:
-        """``<prefix>.abort.<job_id>``: only the owner answers; others stay silent."""
-        job_id = msg.subject.rsplit(".", 1)[1]
-        handle = self.registry.get(job_id)
-        if handle is None:
-            return
+        """``<prefix>.abort.<job_id>`` (a queue group of every replica: one gets each request).
+
+        Whoever gets it answers it, in every state, with what ``genjobs.api.abort`` answers
+        (:meth:`abort`: here, through the owner, or in a dead owner's place; an ended job's
+        usage once, then ``usageAlreadyClaimed``; ``not_found``; ``invalid_id``). Messages with
+        a ``notice`` field are announcements for remote producers and get no answer.
+        """
+        job = msg.subject[len(self.s.prefix) + len(".abort.") :]
+        nc = self.store.nc
         try:
-            body = msgspec.json.decode(msg.data) if msg.data else {}
-            if not isinstance(body, dict):
-                raise BadRequest("abort body must be a JSON object")
-            if "notice" in body:
+            body = decode(msg.data, AbortSubjectBody)
+            if body.notice is not None:
                 return  # an announcement for remote producers, not a request
-            user_id = body.get("userId")
-            if user_id is None:
+            job_id = check_id(job, "jobId")
+            if body.user_id is None:
                 raise BadRequest("userId is required")
-            authorize(
-                handle.record,
-                check_id(user_id, "userId"),
-                check_optional_id(body.get("tenantId"), "tenantId"),
+            result = await self.abort(
+                job_id,
+                check_id(body.user_id, "userId"),
+                check_optional_id(body.tenant_id, "tenantId"),
+                by=BY_SUBJECT,
             )
-            result = await self.abort_here(handle, BY_SUBJECT)
-            if result is None:  # it ended meanwhile: answer from the record
-                result = await self.abort(job_id, user_id, body.get("tenantId"), by=BY_SUBJECT)
-        except msgspec.DecodeError:
-            await send_error(self.store.nc, msg, BadRequest("malformed JSON"))
+        except ValueError as e:  # not JSON, or not an object of this shape
+            await send_error(nc, msg, BadRequest(str(e)))
             return
         except GenjobsError as e:
-            await send_error(self.store.nc, msg, e)
+            await send_error(nc, msg, e)
             return
-        await send(self.store.nc, msg, encode(result))
+        except TimeoutError:  # a NATS request inside the abort: try again later
+            await send_error(nc, msg, Unavailable("abort: timed out"))
+            return
+        except Exception:  # answered, and never fatal to the replica's TaskGroup
+            log.exception("abort %s: unexpected error", job[:40])
+            await send_error(nc, msg, Unavailable("internal error"))
+            return
+        await send(nc, msg, encode(result))

@@ -12,8 +12,9 @@ serially, so the handler only takes a slot (bounded per endpoint: a flood of slo
 backpressure to ``abort`` alone) and hands the request to a task of this object's TaskGroup; a
 request stuck on a dead owner never delays another one.
 
-Remote producers' batches on ``<prefix>.ingest.<job_id>`` are handled by
-:class:`service.ingest.IngestGateway`, whose answer tasks run in this object's TaskGroup.
+Remote producers' batches on ``<prefix>.ingest.<job_id>`` (one queue group of all replicas) are
+handled by :class:`service.server.ingest.IngestGateway`, whose answer tasks run in this object's
+TaskGroup.
 
 Every failure is answered with the micro error headers (``Nats-Service-Error``,
 ``Nats-Service-Error-Code``) and the body ``{"error": {"code", "message"}}``; unexpected
@@ -28,7 +29,7 @@ import importlib.metadata
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import msgspec
 from msgspec import Struct
@@ -53,6 +54,7 @@ from schemas.api import (
 from schemas.errors import BadRequest, Conflict, GenjobsError, TooLarge, Unavailable
 from schemas.ids import check_id, check_optional_id
 from schemas.job import JobStatus
+from service.nats import compat
 from service.server.abort import BY_API
 from service.server.ingest import IngestGateway
 from service.server.replica import Replica
@@ -70,6 +72,7 @@ _enc = msgspec.json.Encoder()
 
 SERVICE_NAME: Final = "genjobs"
 UNKNOWN_QUEUE: Final = "genjobs-unknown"
+INGEST_QUEUE: Final = "genjobs-ingest"
 __all__ = ["ERROR_CODE_HEADER", "ERROR_HEADER", "SERVICE_NAME", "ServiceApi", "SyncRequest"]
 
 ENDPOINT_DOCS: Final[dict[str, tuple[str, str]]] = {
@@ -226,11 +229,16 @@ class ServiceApi:
                 handler=self._endpoint_handler(name),
                 metadata={"request": request, "reply": reply},
             )
-            self._endpoints[name] = self._service._endpoints[-1]
+            self._endpoints[name] = compat.last_endpoint(self._service)
+        for subject in (f"{p}.api.>", f"{p}.api"):
+            self._subs.append(await nc.subscribe(subject, queue=UNKNOWN_QUEUE, cb=self._on_unknown))
+        for subject in self._ingest.subjects:
+            self._subs.append(
+                await nc.subscribe(subject, queue=INGEST_QUEUE, cb=self._ingest.on_msg)
+            )
         self._subs.append(
-            await nc.subscribe(f"{p}.api.>", queue=UNKNOWN_QUEUE, cb=self._on_unknown)
+            await nc.subscribe(self._ingest.relay_subject, cb=self._ingest.on_relayed)
         )
-        self._subs.append(await nc.subscribe(self._ingest.subject, cb=self._ingest.on_msg))
         await nc.flush()
 
     def _endpoint_data(self, stats: EndpointStats) -> dict[str, int]:
@@ -257,7 +265,11 @@ class ServiceApi:
                     await self._service.stop()
                 for sub in self._subs:
                     await sub.unsubscribe()
-            except NatsError as e:
+                if self.replica.nc.is_connected:
+                    # Once the server has the unsubscriptions, no request can still be routed
+                    # here and lost when the connection closes: a queue peer gets it instead.
+                    await self.replica.nc.flush(timeout=max(1, int(self.s.request_timeout)))
+            except (NatsError, TimeoutError) as e:
                 log.warning("service %s: unsubscribing failed: %s", SERVICE_NAME, e)
         self._closing.set()
         sup = self._supervisor
@@ -338,20 +350,15 @@ class ServiceApi:
 
     def _account(self, name: str, elapsed_ns: int, error: GenjobsError | None) -> None:
         """nats.micro counts what its handler sees; ours returns at once, so the task adds the
-        real processing time and the errors (``nats micro stats``). These are nats-py
-        internals (pinned range): if they change, stats lose detail, requests are unaffected."""
-        ep = cast(Any, self._endpoints.get(name))
-        if ep is None:
-            return
-        try:
-            ep._processing_time += elapsed_ns
-            ep._average_processing_time = ep._processing_time // max(1, ep._num_requests)
-            if error is not None:
-                ep._num_errors += 1
-                ep._last_error = f"{error_code(error).status}:{header_text(error.message)}"
-        except (AttributeError, TypeError) as e:
-            log.warning("endpoint stats not updated (nats.micro internals changed?): %r", e)
-            self._endpoints.pop(name, None)
+        real processing time and the errors (``nats micro stats``; service/nats/compat.py)."""
+        ep = self._endpoints.get(name)
+        if ep is not None:
+            text = (
+                None
+                if error is None
+                else f"{error_code(error).status}:{header_text(error.message)}"
+            )
+            compat.add_endpoint_stats(ep, elapsed_ns, text)
 
     async def _create(self, data: bytes) -> Any:
         req: CreateRequest = self._parse(data, CreateRequest)
@@ -429,4 +436,4 @@ class ServiceApi:
 
 def _msg(req: Request) -> Msg:
     """The request's message: nats.micro's ``Request`` hides the reply subject we must check."""
-    return req._msg
+    return compat.request_msg(req)

@@ -1,12 +1,24 @@
-"""Remote producers (docs/protocol.md, remote producers): batches on ``<prefix>.ingest.<job_id>``, answered by the owner.
+"""Remote producers (docs/protocol.md, remote producers): batches on ``<prefix>.ingest.<job_id>``.
 
-Every replica subscribes (no queue group) and only the job's owner answers, like the abort
-subject. A batch is decoded and queued to the job's actor inside the subscription callback, so
-batches reach the actor in the order they were sent even when a producer pipelines them; only
-the wait for durability runs in a task of the service's TaskGroup. A job that ended while this
-replica owned it keeps a small tombstone (bounded, for ``completed_ttl``), so a producer still
-sending learns ``aborted: true`` (or ``conflict`` for a job that completed) instead of waiting
-for a reply nobody sends.
+Every replica subscribes in one queue group, so each batch reaches exactly one replica, which
+answers it whatever the job's state (docs/protocol.md, "Every request gets one answer"):
+
+* the job runs here: the batch is decoded and queued to the job's actor inside the
+  subscription callback; a task waits for durability and answers;
+* it runs on another live replica: relayed to that owner's own subject
+  (``<prefix>.rpc.<owner>.ingest.<job_id>``, which it alone serves), whose answer is passed
+  back;
+* it ended: ``{ok: false, aborted: true}`` after an abort, the same acknowledgement again for a
+  resent terminal batch, ``conflict`` for anything else;
+* it is unknown: ``not_found``; its owner is gone: ``unavailable`` while the owner may still
+  be alive (its heartbeat is younger than the lease), ``conflict`` once it is known dead;
+* the id is not a valid id: ``invalid_id``.
+
+A producer that pipelines batches may see them arrive at the owner out of order (one relayed,
+the next delivered directly): a batch that starts beyond the next expected index waits, up to
+``request_timeout``, for the batches before it, so the actor still takes them in order. A job
+that ended here keeps a small tombstone (bounded, for ``completed_ttl``) with its exact last
+acknowledgement.
 """
 
 from __future__ import annotations
@@ -16,7 +28,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgspec
@@ -25,18 +37,33 @@ from nats.aio.msg import Msg
 from actors.handle import ActorHandle
 from actors.messages import Ingest, IngestOutcome
 from actors.termination import Complete, Fail
-from schemas.api import IngestReply, decode_ingest, encode
-from schemas.errors import BadRequest, GenjobsError, JobEnded, TooLarge, Unavailable
+from schemas.api import IngestBatch, IngestReply, OwnerRequest, decode_ingest, encode
+from schemas.errors import (
+    BadRequest,
+    Conflict,
+    GenjobsError,
+    JobEnded,
+    NotFound,
+    TooLarge,
+    Unavailable,
+)
 from schemas.events import classify
-from schemas.job import JobStatus
+from schemas.ids import check_id
+from schemas.job import JobRecord, JobStatus
 from service.server.replica import Replica
-from service.server.replies import send, send_error
+from service.server.replies import relay, send, send_error
 
 log = logging.getLogger("genjobs.ingest")
 
 MAX_EVENT_DEPTH: Final = 64
 """Deeper event payloads are refused: msgspec's recursion limit (~1,000 levels) would otherwise
 be hit later inside the actor, failing the job instead of the request."""
+
+OWNER_CACHE_TTL: Final = 5.0
+"""How long a replica relays a job's batches to the owner it read from the record without
+reading it again. A stale entry is harmless: a former owner answers from its tombstone or the
+record, a gone one does not answer and the record is read again."""
+OWNER_CACHE_SIZE: Final = 10_000
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], None]
 """Runs a coroutine in the service's TaskGroup; raises Unavailable when shutting down."""
@@ -61,11 +88,38 @@ class _Ended:
     status: JobStatus
     aborted: bool
     next_index: int
+    seq: int
+    error: str | None
     expires: float
 
 
+@dataclass(slots=True)
+class _Order:
+    """Where a running job's next batch starts, and the batches waiting for their turn."""
+
+    expected: int
+    waiting: dict[int, list[asyncio.Future[None]]] = field(default_factory=dict)
+
+    def wait_for(self, index: int) -> asyncio.Future[None]:
+        """A future set once the batches before ``index`` are queued."""
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if index <= self.expected:
+            turn.set_result(None)
+        else:
+            self.waiting.setdefault(index, []).append(turn)
+        return turn
+
+    def advance(self, cmd: Ingest) -> None:
+        start = self.expected if cmd.first_index is None else cmd.first_index
+        self.expected = max(self.expected, start + cmd.span)
+        for index in [i for i in self.waiting if i <= self.expected]:
+            for fut in self.waiting.pop(index):
+                if not fut.done():
+                    fut.set_result(None)
+
+
 class IngestGateway:
-    """The ingest subscription's handler for one replica (owned by its ``ServiceApi``)."""
+    """The ingest subscriptions' handlers for one replica (owned by its ``ServiceApi``)."""
 
     def __init__(
         self,
@@ -83,40 +137,71 @@ class IngestGateway:
         self._deadline = request_deadline
         self._max_tombstones = max_tombstones
         self._watched: dict[str, int] = {}  # running job -> next ingest index acknowledged
+        self._order: dict[str, _Order] = {}
         self._ended: OrderedDict[str, _Ended] = OrderedDict()
         self._prefix = f"{self.s.prefix}.ingest."
+        self._relayed_prefix = self.s.rpc_subject(replica.replica_id, "ingest.")
+        self._owners: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self.relayed = 0
+        """Batches this replica passed to another replica (the owner)."""
 
     @property
     def subject(self) -> str:
-        return self._prefix + "*"
+        return self._prefix + ">"
+
+    @property
+    def subjects(self) -> list[str]:
+        """Public subjects (one queue group), ``>`` so that an id with dots is answered too."""
+        return [self._prefix + ">", self._prefix[:-1]]
+
+    @property
+    def relay_subject(self) -> str:
+        """Where other replicas relay batches of jobs this replica owns."""
+        return self._relayed_prefix + "*"
 
     async def on_msg(self, msg: Msg) -> None:
-        """``<prefix>.ingest.<job_id>``: the owner answers, every other replica stays silent.
+        """``<prefix>.ingest.<job_id>``: answered here, relayed to the owner, or answered in
+        the owner's place (see the module docstring)."""
+        await self._handle(msg, msg.subject[len(self._prefix) :], relayed=False)
 
-        Decoding and queueing happen here, in the subscription's order; a task waits for the
-        batch to be durable and answers.
-        """
-        job_id = msg.subject[len(self._prefix) :]
-        actor = self.replica.registry.get(job_id)
-        if actor is None:
-            ended = self._tombstone(job_id)
-            if ended is not None:
-                await self._answer_ended(msg, job_id, ended.status, ended.aborted, ended.next_index)
+    async def on_relayed(self, msg: Msg) -> None:
+        """``<prefix>.rpc.<me>.ingest.<job_id>``: relayed here by another replica; answered
+        here, never relayed again."""
+        await self._handle(msg, msg.subject[len(self._relayed_prefix) :], relayed=True)
+
+    async def _handle(self, msg: Msg, job: str, *, relayed: bool) -> None:
+        try:
+            job_id = check_id(job, "jobId")
+        except GenjobsError as e:
+            await self._error(msg, e)
             return
+        actor = self.replica.registry.get(job_id)
+        if actor is not None:
+            await self._local(msg, actor)
+            return
+        try:
+            self._spawn(self._elsewhere(msg, job_id, relayed), f"ingest:{job_id}")
+        except Unavailable as e:
+            await self._error(msg, e)
+
+    async def _local(self, msg: Msg, actor: ActorHandle) -> None:
+        """Decode and queue in the subscription's order; a task waits for durability."""
+        job_id = actor.job_id
         await self._slots.acquire()
         handed_off = False
         try:
-            try:
-                cmd = self._command(msg.data)
-                actor.ingest(cmd)
-            except JobEnded:
-                next_index = self._watched.get(job_id, 0)
-                await self._answer_ended(
-                    msg, job_id, actor.status, actor.aborted.is_set(), next_index
+            cmd, batch = self._command(msg.data)
+            order = self._order_of(actor)
+            if cmd.first_index is not None and cmd.first_index > order.expected:
+                # Its predecessors may still be on their way through another replica. The
+                # turn is registered now, so an advance before the task runs is not missed.
+                turn = order.wait_for(cmd.first_index)
+                self._spawn(
+                    self._wait_turn(msg, actor, cmd, batch, order, turn), f"ingest:{job_id}"
                 )
-                return
-            self.watch(actor)
-            self._spawn(self._await_stored(msg, actor, cmd), f"ingest:{job_id}")
+            else:
+                queued = self._enqueue(actor, cmd, order)
+                self._spawn(self._settle(msg, actor, cmd, batch, queued), f"ingest:{job_id}")
             handed_off = True
         except GenjobsError as e:
             await self._error(msg, e)
@@ -127,7 +212,60 @@ class IngestGateway:
             if not handed_off:
                 self._slots.release()
 
-    def _command(self, data: bytes) -> Ingest:
+    def _order_of(self, actor: ActorHandle) -> _Order:
+        order = self._order.get(actor.job_id)
+        if order is None:
+            order = self._order[actor.job_id] = _Order(expected=actor.ingested)
+            self.watch(actor)
+        return order
+
+    async def _wait_turn(
+        self,
+        msg: Msg,
+        actor: ActorHandle,
+        cmd: Ingest,
+        batch: IngestBatch,
+        order: _Order,
+        turn: asyncio.Future[None],
+    ) -> None:
+        assert cmd.first_index is not None
+        try:
+            async with asyncio.timeout(self.s.request_timeout):
+                await turn
+        except TimeoutError:
+            pass  # a real gap: the actor answers bad_request
+        finally:
+            waiting = order.waiting.get(cmd.first_index)
+            if waiting is not None and turn in waiting:
+                waiting.remove(turn)
+                if not waiting:
+                    del order.waiting[cmd.first_index]
+        await self._settle(msg, actor, cmd, batch, self._enqueue(actor, cmd, order))
+
+    @staticmethod
+    def _enqueue(actor: ActorHandle, cmd: Ingest, order: _Order) -> bool:
+        """Hand the batch to the actor, synchronously so that order is kept; False if the
+        actor no longer takes commands (the job ended)."""
+        try:
+            actor.ingest(cmd)
+        except JobEnded:
+            return False
+        order.advance(cmd)
+        return True
+
+    async def _settle(
+        self, msg: Msg, actor: ActorHandle, cmd: Ingest, batch: IngestBatch, queued: bool
+    ) -> None:
+        """Answer once the batch is stored (or as for an ended job). Owns one slot."""
+        try:
+            if queued:
+                await self._await_stored(msg, actor, cmd, batch)
+            else:
+                await self._answer_ended_actor(msg, actor, batch)
+        finally:
+            self._slots.release()
+
+    def _command(self, data: bytes) -> tuple[Ingest, IngestBatch]:
         """Raises: TooLarge, BadRequest."""
         if len(data) > self.s.max_request_bytes:
             raise TooLarge(f"batch of {len(data)} bytes exceeds {self.s.max_request_bytes}")
@@ -152,57 +290,146 @@ class IngestGateway:
             ending = Fail(batch.error)
         metadata = msgspec.to_builtins(batch.metadata) if batch.metadata is not None else None
         fut: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
-        return Ingest(batch.first_index, events, usage, ending, metadata or None, fut)
+        return Ingest(batch.first_index, events, usage, ending, metadata or None, fut), batch
 
-    async def _await_stored(self, msg: Msg, actor: ActorHandle, cmd: Ingest) -> None:
+    async def _await_stored(
+        self, msg: Msg, actor: ActorHandle, cmd: Ingest, batch: IngestBatch
+    ) -> None:
         job_id = actor.job_id
         try:
+            async with asyncio.timeout(self._deadline):
+                result = await cmd.fut
+        except JobEnded:
+            await self._answer_ended_actor(msg, actor, batch)
+            return
+        except GenjobsError as e:
+            await self._error(msg, e)
+            return
+        except TimeoutError:
+            log.warning("ingest %s: batch not stored within %.1fs", job_id, self._deadline)
+            await self._error(msg, Unavailable("timed out storing the batch"))
+            return
+        except asyncio.CancelledError:
+            await self._error(msg, Unavailable("shutting down"))
+            raise
+        except Exception:
+            log.exception("ingest %s: unexpected error", job_id)
+            await self._error(msg, Unavailable("internal error"))
+            return
+        next_index = result.next_index
+        if job_id in self._watched:
+            self._watched[job_id] = max(self._watched[job_id], next_index)
+        if result.ended:
+            await self._answer_ended_actor(msg, actor, batch, aborted=result.aborted)
+            return
+        reply = IngestReply(ok=True, next_index=next_index, seq=result.seq, aborted=result.aborted)
+        await send(self.replica.nc, msg, encode(reply))
+
+    async def _answer_ended_actor(
+        self, msg: Msg, actor: ActorHandle, batch: IngestBatch, *, aborted: bool = False
+    ) -> None:
+        """A batch that reached the actor after its terminal: wait until the terminal event is
+        written (the final status and seq are known then), answer as for an ended job."""
+        if not aborted and not actor.aborted.is_set():
             try:
                 async with asyncio.timeout(self._deadline):
-                    result = await cmd.fut
-            except JobEnded:
-                next_index = self._watched.get(job_id, 0)
-                await self._answer_ended(
-                    msg, job_id, actor.status, actor.aborted.is_set(), next_index
-                )
-                return
-            except GenjobsError as e:
-                await self._error(msg, e)
-                return
+                    await actor.wait_ended()
             except TimeoutError:
-                log.warning("ingest %s: batch not stored within %.1fs", job_id, self._deadline)
-                await self._error(msg, Unavailable("timed out storing the batch"))
+                await self._error(msg, Unavailable("timed out waiting for the job's end"))
                 return
-            except asyncio.CancelledError:
-                await self._error(msg, Unavailable("shutting down"))
-                raise
-            except Exception:
-                log.exception("ingest %s: unexpected error", job_id)
-                await self._error(msg, Unavailable("internal error"))
-                return
-            next_index = result.next_index
-            if job_id in self._watched:
-                self._watched[job_id] = max(self._watched[job_id], next_index)
-            if result.ended:
-                await self._answer_ended(msg, job_id, actor.status, result.aborted, next_index)
-                return
-            reply = IngestReply(
-                ok=True, next_index=next_index, seq=result.seq, aborted=result.aborted
-            )
-            await send(self.replica.nc, msg, encode(reply))
-        finally:
-            self._slots.release()
+        ended = self._ended_of(actor)
+        await self._answer_ended(msg, actor.job_id, ended, batch)
 
     async def _answer_ended(
-        self, msg: Msg, job_id: str, status: JobStatus, aborted: bool, next_index: int
+        self, msg: Msg, job_id: str, ended: _Ended, batch: IngestBatch | None
     ) -> None:
-        """Aborted (or being aborted): ``{ok: false, aborted: true}``, the producer stops.
-        Completed or failed: ``conflict``, nothing more is accepted."""
-        if aborted or status is JobStatus.ABORTED:
-            reply = IngestReply(ok=False, next_index=next_index, aborted=True)
+        """Aborted (or being aborted): ``{ok: false, aborted: true}``, the producer stops. The
+        terminal batch resent: the same acknowledgement as the first time. Anything else after
+        a completion or error: ``conflict``."""
+        if ended.aborted or ended.status is JobStatus.ABORTED:
+            reply = IngestReply(ok=False, next_index=ended.next_index, aborted=True)
+            await send(self.replica.nc, msg, encode(reply))
+        elif batch is not None and _same_terminal(batch, ended):
+            reply = IngestReply(ok=True, next_index=ended.next_index, seq=ended.seq)
             await send(self.replica.nc, msg, encode(reply))
         else:
-            await self._error(msg, JobEnded(job_id, status.value))
+            await self._error(msg, JobEnded(job_id, ended.status.value))
+
+    async def _elsewhere(self, msg: Msg, job_id: str, relayed: bool) -> None:
+        """A batch for a job with no actor here: a tombstone, the owner, or the record."""
+        try:
+            batch = self._command(msg.data)[1]
+            ended = self._tombstone(job_id)
+            if ended is not None:
+                await self._answer_ended(msg, job_id, ended, batch)
+                return
+            owner = None if relayed else self._cached_owner(job_id)
+            if owner is not None:
+                if await self._relay(msg, job_id, owner):
+                    return
+                self._owners.pop(job_id, None)  # gone: read the record
+            loaded = await self.replica.store.load_record(job_id)
+            if loaded is None:
+                raise NotFound(f"job {job_id} not found", job_id=job_id)
+            rec = loaded[0]
+            me = self.replica.replica_id
+            if not relayed and rec.owner != me and self.replica.liveness.is_alive(rec.owner):
+                if rec.status is JobStatus.RUNNING:
+                    self._cache_owner(job_id, rec.owner)
+                if await self._relay(msg, job_id, rec.owner):
+                    return
+                self._owners.pop(job_id, None)
+                if rec.status is JobStatus.RUNNING:
+                    raise Unavailable(
+                        f"the owner of job {job_id} ({rec.owner}) does not answer; retry",
+                        job_id=job_id,
+                    )
+            if rec.status is JobStatus.RUNNING:
+                raise Conflict(
+                    f"job {job_id} lost its owner ({rec.owner}); it ends with 'owner lost'",
+                    job_id=job_id,
+                )
+            await self._answer_ended(msg, job_id, _ended_from_record(rec, batch), batch)
+        except GenjobsError as e:
+            await self._error(msg, e)
+        except TimeoutError:
+            await self._error(msg, Unavailable("timed out"))
+        except Exception:
+            log.exception("ingest %s: unexpected error", job_id)
+            await self._error(msg, Unavailable("internal error"))
+
+    def _cached_owner(self, job_id: str) -> str | None:
+        entry = self._owners.get(job_id)
+        if entry is None:
+            return None
+        owner, expires = entry
+        if expires <= time.monotonic() or not self.replica.liveness.is_alive(owner):
+            del self._owners[job_id]
+            return None
+        return owner
+
+    def _cache_owner(self, job_id: str, owner: str) -> None:
+        self._owners[job_id] = (owner, time.monotonic() + OWNER_CACHE_TTL)
+        self._owners.move_to_end(job_id)
+        while len(self._owners) > OWNER_CACHE_SIZE:
+            self._owners.popitem(last=False)
+
+    async def _relay(self, msg: Msg, job_id: str, owner: str) -> bool:
+        """Pass the batch to ``owner``; False if it does not serve its rpc subject."""
+        subject = self.s.rpc_subject(owner, f"ingest.{job_id}")
+        self.relayed += 1
+        if not msg.reply:
+            await self.replica.nc.publish(subject, msg.data, headers=msg.headers)
+            return True
+        return await relay(
+            self.replica.nc,
+            msg,
+            subject,
+            owner,
+            self._deadline + self.s.request_timeout,
+            Unavailable(f"the owner of job {job_id} ({owner}) did not answer in time"),
+            (self.s.rpc_subject(owner, "snapshot"), encode(OwnerRequest(job_id=job_id))),
+        )
 
     async def _error(self, msg: Msg, error: GenjobsError) -> None:
         await send_error(self.replica.nc, msg, error)
@@ -210,22 +437,28 @@ class IngestGateway:
     # --- ended jobs -------------------------------------------------------------------------
 
     def watch(self, actor: ActorHandle) -> None:
-        """Keep a tombstone when ``actor`` ends."""
+        """Keep a tombstone when ``actor`` ends (chained onto its ``on_end`` callback)."""
         job_id = actor.job_id
         if job_id in self._watched:
             return
         self._watched[job_id] = 0
         actor.on_end(self._remember)
 
-    def _remember(self, actor: ActorHandle) -> None:
-        next_index = self._watched.pop(actor.job_id, 0)
-        now = time.monotonic()
-        self._ended[actor.job_id] = _Ended(
+    def _ended_of(self, actor: ActorHandle) -> _Ended:
+        return _Ended(
             status=actor.status,
             aborted=actor.aborted.is_set() or actor.status is JobStatus.ABORTED,
-            next_index=next_index,
-            expires=now + self.s.completed_ttl,
+            next_index=actor.ingested,
+            seq=actor.last_seq,
+            error=actor.record.error,
+            expires=time.monotonic() + self.s.completed_ttl,
         )
+
+    def _remember(self, actor: ActorHandle) -> None:
+        self._watched.pop(actor.job_id, None)
+        self._order.pop(actor.job_id, None)
+        now = time.monotonic()
+        self._ended[actor.job_id] = self._ended_of(actor)
         self._ended.move_to_end(actor.job_id)
         while self._ended:
             oldest = next(iter(self._ended.values()))
@@ -239,3 +472,26 @@ class IngestGateway:
             del self._ended[job_id]
             return None
         return ended
+
+
+def _same_terminal(batch: IngestBatch, ended: _Ended) -> bool:
+    """Whether ``batch`` ends the job the way it ended: its terminal batch, resent."""
+    if batch.complete is not None:
+        return ended.status is JobStatus.COMPLETE
+    if batch.error is not None:
+        return ended.status is JobStatus.ERROR and ended.error == batch.error
+    return False
+
+
+def _ended_from_record(rec: JobRecord, batch: IngestBatch) -> _Ended:
+    """An ended job this replica has no tombstone of (its owner is gone): the record's status
+    and terminal seq; the acknowledged index is where this batch ends."""
+    start = 0 if batch.first_index is None else batch.first_index
+    return _Ended(
+        status=rec.status,
+        aborted=rec.status is JobStatus.ABORTED,
+        next_index=start + batch.span,
+        seq=rec.last_seq,
+        error=rec.error,
+        expires=0.0,
+    )

@@ -21,6 +21,7 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
+from schemas.bookkeeping import CleanupOrder, Heartbeat
 from schemas.job import JobRecord
 from service.config import Settings
 from service.nats.store import Store
@@ -36,6 +37,8 @@ class OrphanEnder(Protocol):
 
 
 log = logging.getLogger("genjobs.liveness")
+_heartbeat = msgspec.json.Decoder(Heartbeat)
+_cleanup = msgspec.json.Decoder(CleanupOrder)
 
 
 class Liveness:
@@ -81,8 +84,8 @@ class Liveness:
                     self._seen.pop(entry.key, None)
                     continue
                 try:
-                    at = float(msgspec.json.decode(entry.value).get("at", 0))
-                except (msgspec.DecodeError, AttributeError, TypeError, ValueError):
+                    at = _heartbeat.decode(entry.value).at
+                except msgspec.DecodeError:
                     log.warning("ignoring a malformed heartbeat for %s", entry.key)
                     continue
                 # A value from the initial replay may be old: age it by the wall clock.
@@ -176,18 +179,18 @@ class CleanupWorker:
 
     async def _handle(self, msg: Msg) -> None:
         try:
-            body = msgspec.json.decode(msg.data)
-            remaining = float(body.get("due", 0)) - time.time()
+            order = _cleanup.decode(msg.data)
+            remaining = order.due - time.time()
             if remaining > 0:
                 await msg.nak(delay=remaining)
                 return
-            job_id = str(body["jobId"])
+            job_id = order.job_id
             try:
-                await self.store.purge_events(job_id, up_to_seq=int(body["upToSeq"]))
+                await self.store.purge_events(job_id, up_to_seq=order.up_to_seq)
             except NotFoundError:
                 log.info("cleanup of %s: event stream not found, nothing to purge", job_id)
             self.purged += 1
             await msg.ack()
-        except (msgspec.DecodeError, KeyError, ValueError, TypeError) as e:
+        except msgspec.DecodeError as e:
             log.error("dropping a malformed cleanup message: %r", e)
             await msg.term()

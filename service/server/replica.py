@@ -5,10 +5,15 @@
         ...
 
 Start: connect (or use the given connection), provision, open the buckets, write the first
-heartbeat, then take work. Stop (also on SIGTERM in ``genjobs serve``), in this order: stop
-taking work → give every running job its terminal event ("interrupted: replica shutting down"),
-bounded by ``shutdown_grace`` → wait for the actors → stop background tasks → flush publish
-acks → drain the connection.
+heartbeat, then take work. Stop (also on SIGTERM in ``genjobs serve``), in this order, bounded
+as a whole by ``shutdown_grace`` (also without NATS): stop taking work (unsubscribe, and flush
+that, so nothing more is routed here) → give every running job its terminal event
+("interrupted: replica shutting down") → wait for the actors → stop background tasks → flush
+publish acks → drain the connection. Jobs left without a terminal event are logged and listed
+in ``unfinished``.
+
+``health()`` is the replica's readiness as data (NATS state, how long it has been away, whether
+it gave up after ``nats_lost_after``): what an HTTP ``/readyz`` reads.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ import logging
 import time
 import uuid
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import NoStreamResponseError
 
@@ -43,11 +49,16 @@ from service.server.liveness import CleanupWorker, Liveness
 from service.server.ops import JobOps
 from service.server.owner_link import OwnerLink
 from service.server.reads import Reads, authorize, idempotent_job_id
+from service.server.replies import send_error
 from service.server.resume import Resumes
 from service.server.rpc import OwnerRpc
 from service.server.takeover import Takeover, now_ms
 
 log = logging.getLogger("genjobs.replica")
+
+ABORT_QUEUE = "genjobs-abort"
+NATS_WATCH_INTERVAL = 0.25
+"""How often the replica looks at its connection's state (cheap: no I/O)."""
 
 __all__ = ["SHUTDOWN_MESSAGE", "Replica"]
 
@@ -64,7 +75,15 @@ class Replica:
         self._stop = asyncio.Event()
         self._ready: asyncio.Future[None] | None = None
         self._background: list[asyncio.Task[None]] = []
+        self._tg: asyncio.TaskGroup | None = None
         self.stopped = False
+        self.started_at: float | None = None
+        self._nats_down_since: float | None = None
+        self.nats_lost = asyncio.Event()
+        """Set once NATS has been unreachable for ``nats_lost_after`` seconds: ``genjobs serve``
+        then stops and exits 3."""
+        self.unfinished: list[str] = []
+        """Jobs that did not get their terminal event during :meth:`stop`."""
 
     @property
     def nc(self) -> NATS:
@@ -102,13 +121,19 @@ class Replica:
         await self._first_heartbeat()
         await self.cleanup.start()
         p = self.s.prefix
-        self._subs = [
-            await self.nc.subscribe(f"{p}.abort.*", cb=self.aborts.on_subject),
-            await self.nc.subscribe(f"{p}.rpc.{self.replica_id}.*", cb=self._rpc.on_msg),
-        ]
         self._ready = asyncio.get_running_loop().create_future()
         self._supervisor = asyncio.create_task(self._supervise(), name=f"replica:{self.replica_id}")
         await self._ready
+        # The abort subject in a queue group: one replica gets each request and answers it,
+        # in every state (``>``: an id with dots is answered too). The rpc subjects reach this
+        # replica alone.
+        self._subs = [
+            await self.nc.subscribe(f"{p}.abort.>", queue=ABORT_QUEUE, cb=self._on_abort),
+            await self.nc.subscribe(f"{p}.abort", queue=ABORT_QUEUE, cb=self._on_abort),
+            await self.nc.subscribe(f"{p}.rpc.{self.replica_id}.*", cb=self._rpc.on_msg),
+        ]
+        await self.nc.flush()
+        self.started_at = time.monotonic()
         log.info("replica %s ready (prefix %s)", self.replica_id, p)
 
     async def _first_heartbeat(self) -> None:
@@ -131,14 +156,17 @@ class Replica:
         try:
             async with asyncio.TaskGroup() as tg:
                 self.registry.bind(tg)
+                self._tg = tg
                 self._background = [
                     tg.create_task(self.liveness.heartbeat_loop(), name="heartbeat"),
                     tg.create_task(self.liveness.watch_loop(), name="liveness-watch"),
                     tg.create_task(self.liveness.janitor_loop(self.takeover), name="janitor"),
                     tg.create_task(self.presence.expire_loop(), name="presence"),
+                    tg.create_task(self._nats_watch_loop(), name="nats-watch"),
                 ]
                 self._ready.set_result(None)
                 await self._stop.wait()
+                self._tg = None
                 self.liveness.stopping = True
                 for t in self._background:
                     t.cancel()
@@ -148,48 +176,83 @@ class Replica:
                 self._ready.set_exception(e)
             raise
 
-    async def stop(self) -> None:
-        """The shutdown sequence (see module docstring). Idempotent."""
+    async def stop(self, grace: float | None = None) -> None:
+        """The shutdown sequence (see module docstring), bounded as a whole by ``grace``
+        (default ``shutdown_grace``), also when NATS is gone. Jobs that did not get their
+        terminal event are logged and listed in :attr:`unfinished`. Idempotent."""
         if self.stopped:
             return
         self.stopped = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.s.shutdown_grace if grace is None else grace)
+
+        def left(share: float = 1.0) -> float:
+            return max(0.05, (deadline - loop.time()) * share)
+
         self.registry.closing = True  # 1. stop taking work
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        if self.nc.is_connected:  # the server has them: nothing is routed here any more
+            try:
+                await self.nc.flush(timeout=max(1, int(left(0.1))))
+            except (TimeoutError, nats.errors.Error) as e:
+                log.warning("shutdown: flushing the unsubscriptions: %r", e)
         # 2. terminal events for running jobs, bounded by the grace period
-        futures = []
+        futures: dict[asyncio.Future[Any], str] = {}
         for actor in self.registry.actors():
             actor.stop_producer()  # the producer's signal to stop generating
             try:
-                futures.append(actor.request_finish(Fail.shutdown()))
+                futures[actor.request_finish(Fail.shutdown())] = actor.job_id
             except GenjobsError:
                 continue
+        unfinished: list[str] = []
         if futures:
-            done, pending = await asyncio.wait(futures, timeout=self.s.shutdown_grace)
+            done, pending = await asyncio.wait(futures, timeout=left(0.6))
             for f in done:
-                if f.exception() is not None:
+                err = f.exception()
+                if err is not None:
+                    unfinished.append(futures[f])
                     log.warning(
-                        "shutdown: a job ended without its terminal event: %s", f.exception()
+                        "shutdown: job %s ended without its terminal event: %s", futures[f], err
                     )
-            if pending:
-                log.error("shutdown: %d jobs did not finish within the grace period", len(pending))
+            for f in pending:
+                unfinished.append(futures[f])
+                f.cancel()  # nobody will read it: an actor cancelled later must not leave its
+                # exception unretrieved on it
         # 3. wait for the actors, then stop the background tasks
-        await self.registry.wait_all(timeout=max(0.1, self.s.shutdown_grace / 2))
+        await self.registry.wait_all(timeout=left(0.5))
         self._stop.set()
         if self._supervisor is not None:
             try:
                 await self._supervisor
             except* asyncio.CancelledError:
                 pass
-        # 4. flush publish acks and say goodbye
-        await self.cleanup.stop()
-        await self.presence.stop()
-        await self.store.close()
-        with contextlib.suppress(Exception):
-            await self.store.replicas.purge(self.replica_id)
+        if unfinished:
+            self.unfinished = sorted(unfinished)
+            log.error(
+                "shutdown: %d job(s) could not get their terminal event (NATS %s): %s; they "
+                "end as 'owner lost' once another replica sees this one gone",
+                len(unfinished),
+                self._nats_state(),
+                ", ".join(self.unfinished),
+            )
+        # 4. flush publish acks and say goodbye, as far as the grace period allows
+        for what, step in (
+            ("cleanup consumer", self.cleanup.stop),
+            ("presence", self.presence.stop),
+            ("publish acks", self.store.close),
+            ("heartbeat key", lambda: self.store.replicas.purge(self.replica_id)),
+        ):
+            try:
+                async with asyncio.timeout(left(0.5)):
+                    await step()
+            except TimeoutError:
+                log.warning("shutdown: %s: not done within the grace period", what)
+            except Exception as e:
+                log.warning("shutdown: %s: %r", what, e)
         if self._owns_nc:
-            await self.nc.drain()
+            await close_connection(self.nc, left())
 
     async def kill(self) -> None:
         """Simulate a crash (tests, chaos): no terminal events, no goodbye, heartbeats just stop."""
@@ -369,3 +432,124 @@ class Replica:
     @staticmethod
     def _producer_handle(actor: ActorHandle) -> JobHandle:
         return JobHandle.of(actor)
+
+    # --- health ---------------------------------------------------------------------------
+
+    def _nats_state(self) -> str:
+        nc = self._nc
+        if nc is None:
+            return "not started"
+        if nc.is_closed:
+            return "closed"
+        if nc.is_connected:
+            return "connected"
+        return "reconnecting"
+
+    def health(self) -> dict[str, Any]:
+        """Readiness as plain data (for ``/readyz`` and logs):
+
+        ``ready`` is true while the replica takes work and NATS is connected; ``nats`` is
+        ``connected | reconnecting | closed``; ``natsDownFor`` how long it has been away (s);
+        ``natsLost`` whether it has been away longer than ``nats_lost_after``, after which
+        ``genjobs serve`` exits 3; ``jobs`` the running jobs owned here.
+        """
+        state = self._nats_state()
+        down = self._nats_down_since
+        down_for = 0.0 if down is None else round(time.monotonic() - down, 3)
+        started = self.started_at is not None and not self.stopped
+        return {
+            "ready": started and state == "connected",
+            "replica": self.replica_id,
+            "nats": state,
+            "natsDownFor": down_for,
+            "natsLost": self.nats_lost.is_set(),
+            "natsLostAfter": self.s.nats_lost_after,
+            "stopping": self.stopped or self.registry.closing,
+            "jobs": len(self.registry.actors()),
+        }
+
+    async def _nats_watch_loop(self) -> None:
+        """Notice a connection that stays away: warn once, then after ``nats_lost_after`` log
+        an ERROR naming what cannot be done and set :attr:`nats_lost`."""
+        loop = asyncio.get_running_loop()
+        while not self.liveness.stopping:
+            await asyncio.sleep(NATS_WATCH_INTERVAL)
+            state = self._nats_state()
+            if state == "connected":
+                if self._nats_down_since is not None:
+                    log.info("NATS is back after %.1fs", loop.time() - self._nats_down_since)
+                self._nats_down_since = None
+                continue
+            now = loop.time()
+            if self._nats_down_since is None:
+                self._nats_down_since = now
+                log.warning(
+                    "NATS is %s; giving up after %.0fs without it", state, self.s.nats_lost_after
+                )
+            elif (
+                not self.nats_lost.is_set()
+                and now - self._nats_down_since >= self.s.nats_lost_after
+            ):
+                jobs = sorted(a.job_id for a in self.registry.actors())
+                log.error(
+                    "NATS unreachable for %.0fs (%s): cannot store events or terminal events "
+                    "of %d running job(s)%s, cannot heartbeat, cannot answer any request; "
+                    "giving up so that this replica is restarted",
+                    now - self._nats_down_since,
+                    state,
+                    len(jobs),
+                    f" ({', '.join(jobs[:20])}{', ...' if len(jobs) > 20 else ''})" if jobs else "",
+                )
+                self.nats_lost.set()
+
+    # --- NATS handlers --------------------------------------------------------------------
+
+    def _spawn(self, coro: Any, name: str) -> bool:
+        """Run a request's work in the replica's TaskGroup; False (coroutine closed) when the
+        replica is stopping."""
+        tg = self._tg
+        if tg is None or self.registry.closing:
+            coro.close()
+            return False
+        tg.create_task(coro, name=name)
+        return True
+
+    async def _on_abort(self, msg: Msg) -> None:
+        """``<prefix>.abort.<job_id>``: answered by :meth:`Aborts.on_subject` in a task of the
+        replica's TaskGroup, so a slow abort never delays the next request."""
+        if not self._spawn(self.aborts.on_subject(msg), "abort-subject"):
+            await send_error(self.nc, msg, Unavailable("replica is shutting down"))
+
+
+async def close_connection(nc: NATS, timeout: float) -> None:
+    """Drain if connected (bounded by ``timeout``), else close: a reconnecting connection
+    cannot drain. nats-py's ``close`` raises when its socket is already dead and unsent data is
+    buffered (``OSError``, or ``RuntimeError`` under uvloop), before it stops the
+    subscriptions' tasks; those are stopped here then."""
+    if nc.is_closed:
+        return
+    if nc.is_connected:
+        try:
+            await asyncio.wait_for(nc.drain(), timeout=timeout)
+        except (TimeoutError, nats.errors.Error) as e:
+            log.warning("draining the NATS connection failed: %s", e)
+    if nc.is_closed:
+        return
+    try:
+        await nc.close()
+    except (
+        OSError,
+        RuntimeError,
+        nats.errors.Error,
+    ) as e:  # RuntimeError: uvloop's closed transport
+        log.warning("closing the NATS connection: %r", e)
+        subs = cast(dict[int, Subscription], getattr(nc, "_subs", {}))
+        tasks: list[asyncio.Task[None]] = []
+        for sub in subs.values():
+            task = sub._wait_for_msgs_task
+            if task is not None:
+                task.cancel()
+                tasks.append(task)
+        subs.clear()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)

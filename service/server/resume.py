@@ -16,31 +16,16 @@ from __future__ import annotations
 import msgspec
 
 from actors.registry import Registry
+from actors.snapshot import snapshot_of
 from schemas.api import ResumeSnapshot, StatusReply
 from schemas.content.aggregator import ContentAggregator
-from schemas.events import HDR_INDEX, EventKind
+from schemas.events import HDR_INDEX, HDR_KIND, EventKind
 from schemas.job import JobRecord, JobStatus
 from service.config import Settings
 from service.nats.directget import direct_get_batch
 from service.nats.store import Store
 from service.server.owner_link import OwnerLink
 from service.server.reads import load_authorized
-
-
-def snapshot_of(rec: JobRecord, agg: ContentAggregator, *, seq: int, index: int) -> ResumeSnapshot:
-    """The snapshot of ``rec`` whose content ``agg`` holds the events up to ``seq``."""
-    return ResumeSnapshot(
-        run_steps=agg.run_steps(),
-        aggregated_content=agg.content_filtered(),
-        status=rec.status.value,
-        created_at=rec.created_at,
-        seq=seq,
-        index=index,
-        user_message=rec.user_message,
-        response_message_id=rec.response_message_id,
-        conversation_id=rec.conversation_id,
-        sender=rec.sender,
-    )
 
 
 async def replay(
@@ -57,7 +42,7 @@ async def replay(
         for m in msgs:
             if m.seq > up_to_seq:
                 return agg
-            if m.headers.get("Genjobs-Kind") == EventKind.STEP:
+            if m.header(HDR_KIND) == EventKind.STEP:
                 ev = msgspec.json.decode(m.data)
                 if isinstance(ev, dict) and isinstance(ev.get("event"), str):
                     agg.apply(ev["event"], ev.get("data"))

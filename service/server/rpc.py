@@ -43,8 +43,8 @@ class OwnerRpc:
         await send(nc, msg, reply)
 
     async def _handle(self, op: str, req: OwnerRequest) -> bytes:
-        """Raises: NotFound (no actor here), BadRequest, Forbidden."""
-        handle = self.registry.get(req.job_id)
+        """Raises: NotFound (no actor here), BadRequest, InvalidId, Forbidden."""
+        handle = self.registry.get(check_id(req.job_id, "jobId"))
         if op == "abort":
             user_id = check_id(req.user_id or "", "userId")
             tenant_id = check_optional_id(req.tenant_id, "tenantId")

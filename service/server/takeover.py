@@ -33,6 +33,7 @@ from typing import Any
 import msgspec
 
 from actors.registry import Registry
+from actors.snapshot import snapshot_of
 from actors.termination import Abort, Fail, repaired, terminate
 from schemas.api import AbortResult, CompletionResult
 from schemas.errors import Conflict, OwnershipLost
@@ -40,7 +41,7 @@ from schemas.events import HDR_INDEX, HDR_KIND, TERMINAL_KINDS
 from schemas.job import JobRecord
 from service.config import Settings
 from service.nats.store import Store
-from service.server.resume import replay, snapshot_of
+from service.server.resume import replay
 
 log = logging.getLogger("genjobs.takeover")
 

@@ -24,6 +24,7 @@ from typing import Any
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from nats.js.api import StorageType
 from nats.js.errors import APIError
 
 from service.config import Settings
@@ -141,15 +142,24 @@ class Cluster:
         return next(n for n in self.nodes if n.name == name)
 
     async def wait_jetstream(self, nc: NATS, timeout: float = 30.0) -> None:
-        """Until the cluster has a JetStream meta leader (it answers account info)."""
+        """Until the cluster can place an R3 stream: a meta leader is elected *and* every
+        peer has joined it. Account info alone answers as soon as there is a leader, and on a
+        busy machine the third peer may join later ("no suitable peers for placement")."""
         js = nc.jetstream(timeout=2.0)
+        probe = "WAIT_R3_" + os.urandom(4).hex().upper()
         async with asyncio.timeout(timeout):
             while True:
                 try:
-                    await js.account_info()
+                    await js.add_stream(
+                        name=probe,
+                        subjects=[probe.lower() + ".>"],
+                        num_replicas=3,
+                        storage=StorageType.MEMORY,
+                    )
+                    await js.delete_stream(probe)
                     return
                 except (APIError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                    await asyncio.sleep(0.2)  # no event exists for "meta leader elected"
+                    await asyncio.sleep(0.2)  # no event exists for "all peers joined"
 
 
 def _stopped(pid: int) -> bool:

@@ -40,6 +40,7 @@ _ENV_FIELDS = (
     "publish_outage_budget",
     "request_timeout",
     "shutdown_grace",
+    "nats_lost_exit",
 )
 
 
@@ -205,7 +206,16 @@ class RemoteProducer:
                 continue
             data: dict[str, Any] = msgspec.json.decode(reply.data)
             if isinstance(data.get("error"), dict):
-                self.error = f"{data['error'].get('code')}: {data['error'].get('message')}"
+                code = data["error"].get("code")
+                self.error = f"{code}: {data['error'].get('message')}"
+                if code in ("unavailable", "conflict"):
+                    # The owner is not reachable, or the job ended or lost its owner: ask
+                    # what became of it; retry while it still runs (docs/protocol.md).
+                    self.unanswered += 1
+                    if await self._job_ended():
+                        return None
+                    await asyncio.sleep(0.2)  # retry backoff
+                    continue
                 self.gone_at = asyncio.get_running_loop().time()
                 return None
             return data

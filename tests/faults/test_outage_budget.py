@@ -19,8 +19,10 @@ from schemas.errors import JobEnded, StoreFailed
 from service import simulate as sim
 from service.client.reader import LiveHub
 from service.config import Settings
+from service.nats.directget import client_for
+from service.nats.outage import OutagePolicy, ride_out
 from service.nats.provision import provision
-from service.nats.publisher import FencedPublisher, direct_get_last, ride_out
+from service.nats.publisher import FencedPublisher
 from tests.faults.conftest import Figures, Node, fault_settings, freeze, thaw
 from tests.faults.workload import check_log, stored_log
 from tests.helpers import decode, running_replica, wait_for
@@ -32,7 +34,7 @@ async def test_publish_waits_for_a_stream_that_answers_within_the_budget(
     settings: Settings, nc: NATS, figures: Figures
 ) -> None:
     """503 until the stream exists (as during an election), then stored exactly once."""
-    pub = FencedPublisher(nc, timeout=1.0, outage_budget=20.0)
+    pub = FencedPublisher(nc, timeout=1.0, policy=OutagePolicy(budget=20.0))
     await pub.start()
     subject = settings.events_subject("b1")
     t0 = time.monotonic()
@@ -52,9 +54,9 @@ async def test_publish_waits_for_a_stream_that_answers_within_the_budget(
         seq = await asyncio.wait_for(task, 10)
     finally:
         await pub.close()
-    last = await direct_get_last(nc, settings.stream_name, subject)
+    last = await client_for(nc).last_msg(settings.stream_name, subject)
     assert last is not None
-    assert last[0] == seq
+    assert last.seq == seq
     info = await nc.jetstream().stream_info(settings.stream_name)
     assert info.state.messages == 1
     figures.update(retries=pub.outage_retries, waited_s=time.monotonic() - t0)
@@ -64,7 +66,7 @@ async def test_publish_fails_loudly_once_the_budget_is_spent(
     settings: Settings, nc: NATS, figures: Figures
 ) -> None:
     budget = 1.5
-    pub = FencedPublisher(nc, timeout=1.0, outage_budget=budget)
+    pub = FencedPublisher(nc, timeout=1.0, policy=OutagePolicy(budget=budget))
     await pub.start()
     t0 = time.monotonic()
     try:
@@ -184,7 +186,7 @@ async def test_kv_write_rides_out_a_bucket_that_does_not_answer(
         ack = await js.publish(f"$KV.{bucket}.k", b"v")
         return int(ack.seq)
 
-    task = asyncio.create_task(ride_out(put, budget=20.0, what="test put"))
+    task = asyncio.create_task(ride_out(put, OutagePolicy(budget=20.0), what="test put"))
 
     async def retried() -> bool:
         return tries >= 3
@@ -198,5 +200,7 @@ async def test_kv_write_rides_out_a_bucket_that_does_not_answer(
     figures.update(tries=tries)
     with pytest.raises(StoreFailed, match="outage budget"):
         await ride_out(
-            lambda: js.publish(f"$KV.{bucket}-none.k", b"v"), budget=0.5, what="never answered"
+            lambda: js.publish(f"$KV.{bucket}-none.k", b"v"),
+            OutagePolicy(budget=0.5),
+            what="never answered",
         )

@@ -5,7 +5,7 @@ The reader lives in a separate replica process (tests/faults/slow_reader_child.p
 memory is measured alone, from /proc, while the job's owner (this process) streams far more
 data than the bound through it. Why a bound exists: each reader holds at most
 ``reader_queue`` events; past that it drops its queue and re-reads from its cursor later
-(service/reader.py, "catch-up mode").
+(service/client/reader.py, "catch-up mode").
 """
 
 from __future__ import annotations

@@ -12,15 +12,19 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final
 
+import nats.errors
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from yarl import URL
 
 from service.config import Settings
 from service.nats.directget import DirectGetError, ReplayTimeout
+from service.nats.outage import TRANSIENT_ERRORS
 
 from . import protocol as p
 from .access import Principal, may_access, principal_of
+from .appends import Appends
+from .collector import Collector
 from .jobs import JobStreams
 from .lifecycle import Lifecycle
 from .live import LiveWatchers
@@ -30,10 +34,21 @@ from .storage import DurableStore
 
 log = logging.getLogger("genjobs.http.durable")
 
+UNAVAILABLE: Final[tuple[type[Exception], ...]] = (
+    ReplayTimeout,
+    DirectGetError,
+    *TRANSIENT_ERRORS,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+)
+"""NATS errors that mean "not now": answered 503 with Retry-After, never 500."""
+
 STORE: Final = web.AppKey("ds_store", DurableStore)
 LIVE: Final = web.AppKey("ds_live", LiveWatchers)
 LIFE: Final = web.AppKey("ds_life", Lifecycle)
 READERS: Final = web.AppKey("ds_readers", Readers)
+APPENDS: Final = web.AppKey("ds_appends", Appends)
 SETTINGS: Final = web.AppKey("ds_settings", Settings)
 MOUNT: Final = web.AppKey("ds_mount", str)
 
@@ -51,9 +66,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except DsError as e:
         return _error_response(e)
-    except (ReplayTimeout, DirectGetError) as e:
-        log.warning("%s %s: stream storage unavailable: %s", request.method, request.path, e)
-        return _error_response(DsError(503, "stream storage unavailable"))
+    except UNAVAILABLE as e:
+        log.warning("%s %s: stream storage unavailable: %r", request.method, request.path, e)
+        return _error_response(DsError(503, "stream storage unavailable", {"Retry-After": "1"}))
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -67,6 +82,8 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 
 class DurableHandlers:
+    """PUT, POST, HEAD, DELETE and OPTIONS of a Durable Stream; GET is :class:`.reading.Readers`'."""
+
     def __init__(self, app: web.Application) -> None:
         self.app = app
 
@@ -81,14 +98,6 @@ class DurableHandlers:
     @property
     def life(self) -> Lifecycle:
         return self.app[LIFE]
-
-    @property
-    def live(self) -> LiveWatchers:
-        return self.app[LIVE]
-
-    @property
-    def settings(self) -> Settings:
-        return self.app[SETTINGS]
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         method = request.method
@@ -237,7 +246,7 @@ class DurableHandlers:
                     payload = p.json_fragment(body, allow_empty=False)
                 except p.JsonBodyError as e:
                     raise DsError(400, str(e)) from e
-        outcome = await self.store.append(
+        outcome = await self.app[APPENDS].append(
             rec,
             AppendRequest(payload, close=close, producer=producer, stream_seq=h.get(p.H_SEQ)),
         )
@@ -300,6 +309,7 @@ def build_app(
     app[MOUNT] = mount
     app[STORE] = store = DurableStore(nc, settings)
     app[LIFE] = Lifecycle(store)
+    app[APPENDS] = Appends(store)
     app[LIVE] = live = LiveWatchers(nc)
     app[READERS] = Readers(store, live, settings)
     handlers = DurableHandlers(app)
@@ -320,27 +330,53 @@ async def _stop_readers(app: web.Application) -> None:
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     store, live, settings = app[STORE], app[LIVE], app[SETTINGS]
     await store.open()
-    sweeper = asyncio.create_task(_sweep_forever(app[LIFE], settings.sweep_interval))
+    tasks = [
+        asyncio.create_task(_sweep_forever(Collector(app[LIFE]), settings.sweep_interval)),
+        asyncio.create_task(_wake_on_reconnect(store.nc, live)),
+    ]
     try:
         yield
     finally:
-        sweeper.cancel()
-        await asyncio.wait([sweeper])
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
         await live.close()
         await store.close()
 
 
-async def _sweep_forever(life: Lifecycle, interval: float) -> None:
+RECONNECT_CHECK: Final = 1.0
+
+
+async def _wake_on_reconnect(nc: NATS, live: LiveWatchers) -> None:
+    """Core messages published while the connection was down never arrive: after a reconnect
+    every waiting reader re-reads from the stream now, instead of at its next keep-alive. (The
+    connection's callbacks belong to its owner, so the reconnect counter is watched.)"""
+    seen = nc.stats["reconnects"]
+    while True:
+        await asyncio.sleep(RECONNECT_CHECK)
+        now = nc.stats["reconnects"]
+        if now == seen or not nc.is_connected:
+            continue
+        try:
+            await nc.flush(timeout=5)  # the re-sent subscriptions are in place first
+        except UNAVAILABLE as e:
+            log.warning("flush after a reconnect failed: %r", e)
+            continue
+        seen = now
+        live.wake_all()
+
+
+async def _sweep_forever(collector: Collector, interval: float) -> None:
     """Expire streams nobody touches any more (access expires them lazily, too)."""
     while True:
         await asyncio.sleep(interval)
         try:
-            swept = await life.sweep()
+            swept = await collector.sweep()
         except Exception:
             log.exception("durable streams sweep failed; retrying in %.0f s", interval)
         else:
-            if swept:
-                log.info("expired %d durable streams", swept)
+            if swept.expired:
+                log.info("expired %d durable streams", swept.expired)
 
 
 __all__ = ["Principal", "build_app"]

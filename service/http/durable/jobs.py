@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from schemas import headers as hdr
 from schemas.events import TERMINAL_KINDS
 from schemas.ids import ID_RE
 from schemas.job import decode_record
@@ -59,7 +60,7 @@ class JobStreams:
         m = await self.store.dg.last_msg(
             f"KV_{bucket}", f"$KV.{bucket}.{job}", timeout=self.s.request_timeout
         )
-        if m is None or m.header("KV-Operation") is not None:
+        if m is None or m.header(hdr.KV_OPERATION) is not None:
             raise DsError(404, "Stream not found")
         rec = decode_record(m.data)
         if not may_access(rec.user_id, rec.tenant_id, principal_of(request)):

@@ -5,12 +5,11 @@ points to yet, so no reader sees a half-made stream. A fork holds a reference (i
 incarnation) in its source's record, revision-checked; a source with references is only
 soft-deleted (410) and its data kept, and the last reference released collects it, up the
 chain. TTLs are the gateway's (JetStream's limits do not slide per stream): a stream expires
-when it is next touched, or when the sweeper finds it.
+when it is next touched, or when the sweeper (:mod:`.collector`) finds it.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 
 from msgspec.structs import replace
@@ -50,13 +49,13 @@ class Lifecycle:
         if rec.deleted:
             raise DsError(410, "Stream is gone")
         if await self.store.expired(rec):
-            gone = await self._expire(name, rec, rev)
+            gone = await self.expire(name, rec, rev)
             raise DsError(410, "Stream is gone") if gone else DsError(404, "Stream not found")
         if touch:
             await self.store.touch(rec)
         return rec, rev
 
-    async def _expire(self, name: str, rec: StreamRecord, rev: int) -> bool:
+    async def expire(self, name: str, rec: StreamRecord, rev: int) -> bool:
         """Remove an expired stream; one with forks is soft-deleted. True: it is soft-deleted."""
         while True:
             if rec.refs:
@@ -68,21 +67,6 @@ class Lifecycle:
             if got is None or got[0].inc != rec.inc:
                 return False
             rec, rev = got
-
-    async def sweep(self) -> int:
-        """Expire every stream whose time has come; returns how many were expired."""
-        expired = 0
-        async for name in self.store.names():
-            got = await self.store.lookup(name)
-            if got is None or got[0].deleted:
-                continue
-            rec, rev = got
-            if (rec.ttl is not None or rec.expires_ts is not None) and await self.store.expired(
-                rec
-            ):
-                await self._expire(name, rec, rev)
-                expired += 1
-        return expired
 
     async def create(self, name: str, spec: CreateSpec) -> CreateOutcome:
         """PUT: create ``name`` (201), or confirm an identical existing one (200).
@@ -98,7 +82,7 @@ class Lifecycle:
                 if rec.deleted:
                     raise DsError(409, "Stream was deleted but still has active forks")
                 if await self.store.expired(rec):
-                    await self._expire(name, rec, rev)
+                    await self.expire(name, rec, rev)
                     continue
                 return await self._confirm(rec, spec)
             outcome = await self._create_new(name, spec)
@@ -181,7 +165,7 @@ class Lifecycle:
         rec = StreamRecord(
             inc=inc,
             content_type=content_type,
-            created=time.time(),
+            created=self.store.clock(),
             ttl=ttl,
             expires_at=expires_at,
             expires_ts=expires_ts,
@@ -197,7 +181,7 @@ class Lifecycle:
         except KeyWrongLastSequenceError:
             await self.store.purge(inc)
             if fork is not None:
-                await self._drop_ref(fork.source, fork.source_inc, inc)
+                await self.drop_ref(fork.source, fork.source_inc, inc)
             return None
         return CreateOutcome(True, rec, max(tail, rec.base), spec.closed)
 
@@ -209,7 +193,7 @@ class Lifecycle:
         if rec.deleted:
             raise DsError(409, "Source stream was deleted but still has active forks")
         if await self.store.expired(rec):
-            await self._expire(source, rec, rev)
+            await self.expire(source, rec, rev)
             raise DsError(404, "Source stream not found")
         return rec, rev
 
@@ -261,10 +245,10 @@ class Lifecycle:
             return False
         await self.store.purge(rec.inc)
         if rec.fork is not None:
-            await self._drop_ref(rec.fork.source, rec.fork.source_inc, rec.inc)
+            await self.drop_ref(rec.fork.source, rec.fork.source_inc, rec.inc)
         return True
 
-    async def _drop_ref(self, name: str, source_inc: str, child: str) -> None:
+    async def drop_ref(self, name: str, source_inc: str, child: str) -> None:
         while True:
             got = await self.store.lookup(name)
             if got is None or got[0].inc != source_inc:

@@ -4,33 +4,68 @@ JetStream republishes every append of ``<prefix>.ds.<inc>`` on the core subject
 ``<prefix>.dslive.<inc>``. A process keeps one subscription per stream incarnation while at
 least one of its readers waits on it, shared by all of them: no consumer, no task per reader.
 
-The wake-up only says "something was stored"; what is read is always read from the stream
-(Direct Get), so a lost or duplicated core message can cost latency, never correctness. The
-gap rule is subscribe first, then read: a reader enters :meth:`LiveWatchers.watch` *before*
-it reads, so an append stored after its read wakes it, and one stored before is in the read.
-A wake-up lost for good (a reconnect drops core messages) is covered by the readers' own
-timeout: a long-poll re-reads when it ends, an SSE reader at every keep-alive.
+The gap rule is subscribe first, then read: a reader enters :meth:`LiveWatchers.watch`
+*before* it reads, so an append stored after its read wakes it, and one stored before is in
+the read. A woken reader takes the new messages from the live subject itself when they follow
+its position without a gap: each republished message carries its sequence and
+``Nats-Last-Sequence``, the previous one on the subject, and the topic keeps the last few by
+that previous sequence (:meth:`Watch.recent_after`); a thousand readers of one stream then cost
+one core message each, not a thousand Direct Gets. Anything else (a gap, a message that fell out
+of the window, a fork's first own message) is read from the stream with Direct Get, so a lost
+or duplicated core message can cost latency, never correctness. A wake-up lost for good (a
+reconnect drops core messages) is covered by the readers' own timeout: a long-poll re-reads
+when it ends, an SSE reader at every keep-alive.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Final
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from schemas import headers as hdr
+from service.nats.directget import StoredMsg
+
+RECENT: Final = 256
+"""Live messages a topic keeps for readers that are a few messages behind."""
+
 
 class Watch:
-    """One reader's wake-up flag: set by every append stored since its last :meth:`wait`."""
+    """One reader's wake-up flag: set by every append stored since its last :meth:`wait`.
 
-    __slots__ = ("_dirty", "_waiter")
+    Its timeout is one timer re-armed lazily, not one per wait: a thousand readers woken by
+    every append would otherwise create and cancel a thousand timers each time.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_deadline", "_dirty", "_timer", "_topic", "_waiter")
+
+    def __init__(self, topic: _Topic) -> None:
         self._dirty = False
         self._waiter: asyncio.Future[None] | None = None
+        self._topic = topic
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def recent_after(self, seq: int, max_bytes: int) -> tuple[list[StoredMsg], bool]:
+        """The live messages received here that follow ``seq`` on the subject without a gap
+        (up to ``max_bytes``), and whether they reach the newest one received."""
+        recent = self._topic.recent
+        out: list[StoredMsg] = []
+        size = 0
+        m = recent.get(seq)
+        while m is not None:
+            out.append(m)
+            size += len(m.data)
+            if size >= max_bytes:
+                break
+            m = recent.get(m.seq)
+        return out, bool(out) and out[-1].seq >= self._topic.latest
 
     def poke(self) -> None:
         self._dirty = True
@@ -42,25 +77,61 @@ class Watch:
         """True when something was stored since the last call (at once if it already was),
         False after ``timeout`` seconds without."""
         if not self._dirty:
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.time() + max(0.0, timeout)
+            timer = self._timer
+            if timer is not None and timer.when() > self._deadline:
+                timer.cancel()
+                timer = None
+            if timer is None:
+                self._timer = loop.call_at(self._deadline, self._on_timer)
+            waiter = self._waiter = loop.create_future()
             try:
-                async with asyncio.timeout(max(0.0, timeout)):
-                    await self._waiter
-            except TimeoutError:
-                return False
+                await waiter
             finally:
                 self._waiter = None
+            if not self._dirty:
+                return False
         self._dirty = False
         return True
 
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:  # the wait began later than the timer: re-arm
+            self._timer = loop.call_at(self._deadline, self._on_timer)
+            return
+        waiter.set_result(None)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
 
 class _Topic:
-    __slots__ = ("ready", "sub", "watches")
+    __slots__ = ("latest", "ready", "recent", "sub", "watches")
 
     def __init__(self) -> None:
         self.watches: set[Watch] = set()
         self.sub: Subscription | None = None
         self.ready: asyncio.Future[None] | None = None
+        self.recent: OrderedDict[int, StoredMsg] = OrderedDict()  # by previous sequence
+        self.latest = 0
+
+    def add(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        seq, prev = headers.get(hdr.SEQUENCE), headers.get(hdr.LAST_SEQUENCE)
+        if seq is None or prev is None:
+            return
+        m = StoredMsg(int(seq), msg.data, headers=headers)
+        self.recent[int(prev)] = m
+        if len(self.recent) > RECENT:
+            self.recent.popitem(last=False)
+        self.latest = max(self.latest, m.seq)
 
 
 class LiveWatchers:
@@ -87,12 +158,13 @@ class LiveWatchers:
         topic = self._topics.get(subject)
         if topic is None:
             topic = self._topics[subject] = _Topic()
-        w = Watch()
+        w = Watch(topic)
         topic.watches.add(w)
         try:
             await self._subscribed(subject, topic)
             yield w
         finally:
+            w.close()
             topic.watches.discard(w)
             if not topic.watches and self._topics.get(subject) is topic:
                 del self._topics[subject]
@@ -108,7 +180,8 @@ class LiveWatchers:
             return
         ready = topic.ready = asyncio.get_running_loop().create_future()
 
-        async def on_msg(_msg: Msg) -> None:
+        async def on_msg(msg: Msg) -> None:
+            topic.add(msg)
             for w in tuple(topic.watches):
                 w.poke()
 

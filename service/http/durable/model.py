@@ -19,23 +19,16 @@ from typing import Final
 
 import msgspec
 
+from schemas import headers as hdr
 from service.nats.directget import StoredMsg
 
 # Headers of a stored message (the append's own state).
-M_CLOSE: Final = "Ds-Close"
-M_PRODUCER: Final = "Ds-Pid"
-M_EPOCH: Final = "Ds-Pep"
-M_PSEQ: Final = "Ds-Psq"
-M_SEQ: Final = "Ds-Seq"
-M_APPEND: Final = "Ds-Aid"
-
-READ_BATCH: Final = 1000
-READ_MAX_BYTES: Final = 4 * 1024 * 1024
-"""A catch-up response stops after the message that crosses this many bytes (always one)."""
-SNAPSHOT_EVERY: Final = 64
-"""Appends between two state snapshots in KV."""
-STATE_CACHE: Final = 10_000
-MAX_FENCE_RETRIES: Final = 1000
+M_CLOSE: Final = hdr.DS_CLOSE
+M_PRODUCER: Final = hdr.DS_PRODUCER
+M_EPOCH: Final = hdr.DS_EPOCH
+M_PSEQ: Final = hdr.DS_PSEQ
+M_SEQ: Final = hdr.DS_SEQ
+M_APPEND: Final = hdr.DS_APPEND
 
 
 class DsError(Exception):
@@ -127,6 +120,16 @@ class StreamState:
         self.tail = m.seq
         self.unsnapped += 1
 
+    def copy(self) -> StreamState:
+        return StreamState(
+            tail=self.tail,
+            closed=self.closed,
+            closed_by=self.closed_by,
+            stream_seq=self.stream_seq,
+            producers=dict(self.producers),
+            unsnapped=self.unsnapped,
+        )
+
     def snapshot(self) -> Snapshot:
         return Snapshot(
             tail=self.tail,
@@ -199,7 +202,7 @@ class Source:
     def closes(self, m: StoredMsg) -> bool:
         if self.close_kinds is None:
             return m.header(M_CLOSE) is not None
-        return m.header("Genjobs-Kind") in self.close_kinds
+        return m.header(hdr.KIND) in self.close_kinds
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ storage mapping (what an offset *is*) is in :mod:`.storage` and docs/http.md.
 from __future__ import annotations
 
 import base64
+import json
 import random
 import re
 import time
@@ -167,6 +168,28 @@ class JsonBodyError(ValueError):
     """A JSON-mode body is not valid JSON, or is an empty array where one is not allowed."""
 
 
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_json(data: bytes) -> object:
+    """JSON as ``JSON.parse`` takes it. msgspec first (fast); what it refuses but JSON allows
+    (a number beyond a double's range, a lone surrogate escape) through the standard library,
+    without its non-JSON extensions (NaN, Infinity).
+
+    Raises:
+        JsonBodyError: not JSON.
+    """
+    try:
+        return msgspec.json.decode(data)
+    except msgspec.DecodeError as e:
+        error: Exception = e
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError):
+        raise JsonBodyError(f"Invalid JSON: {error}") from error
+
+
 def json_fragment(body: bytes, *, allow_empty: bool) -> bytes | None:
     """What one POST (or PUT body) of a JSON stream stores: its values, comma separated.
 
@@ -177,10 +200,7 @@ def json_fragment(body: bytes, *, allow_empty: bool) -> bytes | None:
     Raises:
         JsonBodyError: invalid JSON, or an empty array when ``allow_empty`` is false.
     """
-    try:
-        value = msgspec.json.decode(body)
-    except msgspec.DecodeError as e:
-        raise JsonBodyError(f"Invalid JSON: {e}") from e
+    value = _parse_json(body)
     text = body.strip(b" \t\r\n")
     if isinstance(value, list):
         if not value:
@@ -197,10 +217,7 @@ def json_values(fragment: bytes) -> list[object]:
     Raises:
         JsonBodyError: the fragment does not parse (stored by something else).
     """
-    try:
-        values = msgspec.json.decode(b"[" + fragment + b"]")
-    except msgspec.DecodeError as e:
-        raise JsonBodyError(f"stored JSON does not parse: {e}") from e
+    values = _parse_json(b"[" + fragment + b"]")
     assert isinstance(values, list)
     return values
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
@@ -19,12 +20,14 @@ from service.config import Settings
 
 from . import protocol as p
 from .access import principal_of
-from .live import LiveWatchers
+from .live import LiveWatchers, Watch
 from .model import DsError, ReadResult, Source
-from .storage import DurableStore
+from .storage import READ_MAX_BYTES, DurableStore
 
 log = logging.getLogger("genjobs.http.durable")
 
+EVENT_CACHE: Final = 256
+EVENT_KEY_MSGS: Final = 16
 SSE_MAX_SECONDS: Final = 60.0
 """An SSE response ends after this long; the client reconnects from its last offset."""
 
@@ -76,6 +79,27 @@ class Readers:
         self.store = store
         self.live = live
         self.s = settings
+        # Encoded SSE data events of recent message sets: a thousand readers of one stream
+        # woken by one append send the same bytes, encoded once. Stored messages never change,
+        # and their sequences name them within a stream.
+        self._events: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
+
+    def _data_event(
+        self, view: View, res: ReadResult, parts: list[bytes], json_mode: bool
+    ) -> bytes:
+        key: tuple[object, ...] | None = None
+        if len(res.msgs) <= EVENT_KEY_MSGS:
+            key = (view.source.stream, view.content_type, *(m.seq for m in res.msgs))
+            event = self._events.get(key)
+            if event is not None:
+                return event
+        payload = p.json_body(parts) if json_mode else b"".join(parts)
+        event = p.sse_data(payload, content_type=view.content_type)
+        if key is not None:
+            self._events[key] = event
+            if len(self._events) > EVENT_CACHE:
+                self._events.popitem(last=False)
+        return event
 
     async def get(
         self, request: web.Request, view: View, after: int | None, start: str, live: str | None
@@ -179,8 +203,17 @@ class Readers:
                         },
                     )
                 await view.touch()
-                res = await self.store.read(view.source, res.next_seq)
+                res = await self._next(w, view.source, res.next_seq)
         return self._data_response(request, view, res, start, cursor=p.response_cursor(cursor))
+
+    async def _next(self, w: Watch, source: Source, after: int) -> ReadResult:
+        """What follows ``after`` once woken: from the live messages when they continue it
+        without a gap, else read from the stream."""
+        msgs, newest = w.recent_after(after, READ_MAX_BYTES)
+        if not msgs:
+            return await self.store.read(source, after)
+        last = msgs[-1]
+        return ReadResult(msgs, last.seq, newest, newest and source.closes(last))
 
     async def _sse(
         self, request: web.Request, view: View, after: int | None, cursor: str | None
@@ -203,16 +236,17 @@ class Readers:
                 after, _ = await self.store.tail(view.source)
             await resp.prepare(request)
             announce = True  # a control event is due even without data
+            woke = False
             try:
                 while True:
-                    res = await self.store.read(view.source, after)
+                    if woke:
+                        res = await self._next(w, view.source, after)
+                    else:
+                        res = await self.store.read(view.source, after)
                     parts = [m.data for m in res.msgs if m.data]
                     after = res.next_seq
                     offset = p.format_offset(after)
-                    out = b""
-                    if parts:
-                        payload = p.json_body(parts) if json_mode else b"".join(parts)
-                        out = p.sse_data(payload, content_type=view.content_type)
+                    out = self._data_event(view, res, parts, json_mode) if parts else b""
                     if res.up_to_date and res.closed:
                         out += p.sse_control(offset, cursor=None, up_to_date=True, closed=True)
                         await resp.write(out)
@@ -226,12 +260,13 @@ class Readers:
                         )
                         await resp.write(out)
                     if not res.up_to_date:
-                        announce = False
+                        announce = woke = False
                         continue
                     remaining = ends - loop.time()
                     if remaining <= 0:
                         break
-                    announce = not await w.wait(min(timeout, remaining))
+                    woke = await w.wait(min(timeout, remaining))
+                    announce = not woke
                     if self.live.closing:
                         break
                     await view.touch()

@@ -106,12 +106,13 @@ def as_stored(seq: int, headers: dict[str, str]) -> StoredMsg:
     return StoredMsg(seq, b"", headers=headers)
 
 
-def success(req: AppendRequest, seq: int, st: StreamState) -> AppendOutcome:
+def success(req: AppendRequest, seq: int, closed: bool) -> AppendOutcome:
+    """The answer to a stored append; ``closed``: the stream is closed after it."""
     headers = {p.H_NEXT_OFFSET: p.format_offset(seq)}
     if req.producer is not None:
         headers[p.H_PRODUCER_EPOCH] = str(req.producer.epoch)
         headers[p.H_PRODUCER_SEQ] = str(req.producer.seq)
-    if st.closed:
+    if closed:
         headers[p.H_CLOSED] = "true"
     status = 200 if req.producer is not None and req.payload is not None else 204
     return AppendOutcome(status, headers, seq, stored=True)

@@ -15,25 +15,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Container
 from typing import Final
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
+from schemas import headers as hdr
 from service.config import Settings
-from service.nats.directget import DirectGetClient, StoredMsg, client_for
+from service.nats.directget import (
+    DirectGetClient,
+    StoredMsg,
+    client_for,
+)
+from service.nats.directget import transient as direct_get_transient
+from service.nats.outage import TRANSIENT_ERRORS, OutagePolicy, retry
 from service.nats.provision import provision_durable
 from service.nats.publisher import (
-    BACKOFF_FIRST,
-    BACKOFF_MAX,
-    HDR_EXPECTED_LAST_SUBJ_SEQ,
-    WRONG_LAST_SEQUENCE,
     FencedPublisher,
     PublishRejected,
     PublishTimeout,
@@ -41,8 +44,6 @@ from service.nats.publisher import (
 
 from .model import (
     M_APPEND,
-    AppendOutcome,
-    AppendRequest,
     DsError,
     ReadResult,
     Source,
@@ -54,17 +55,17 @@ from .model import (
     key_name,
     name_key,
 )
-from .rules import as_stored, decide, message_headers, success
 
 log = logging.getLogger("genjobs.http.durable")
 
-READ_BATCH: Final = 1000
+READ_BATCH: Final = 10_000
+"""Messages per catch-up response at most (with :data:`READ_MAX_BYTES`)."""
 READ_MAX_BYTES: Final = 4 * 1024 * 1024
 """A catch-up response stops after the message that crosses this many bytes (always one)."""
 SNAPSHOT_EVERY: Final = 64
 """Appends between two state snapshots in KV."""
 STATE_CACHE: Final = 10_000
-MAX_FENCE_RETRIES: Final = 1000
+READ_RETRIES: Final = 20
 
 
 class DurableStore:
@@ -78,17 +79,21 @@ class DurableStore:
         self.s = settings
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout)
         self.dg: DirectGetClient = client_for(nc)
-        self.publisher = FencedPublisher(
-            nc, timeout=settings.publish_timeout, outage_budget=settings.publish_outage_budget
-        )
+        self.policy = OutagePolicy.from_settings(settings)
+        self.clock: Callable[[], float] = time.time
+        """Wall clock of TTLs and expiry (tests move it)."""
+        self.publisher = FencedPublisher(nc, timeout=settings.publish_timeout, policy=self.policy)
         self.stream = settings.ds_stream_name
         self.kv_stream = f"KV_{settings.ds_bucket}"
         self.kv_prefix = f"$KV.{settings.ds_bucket}."
         self.kv: KeyValue
         self._states: OrderedDict[str, StreamState] = OrderedDict()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._access: dict[str, float] = {}  # incarnation -> last access known here
-        self._access_written: dict[str, float] = {}
+        self._tails: dict[str, int] = {}  # subject -> last sequence this process knows stored
+        # incarnation -> last access known here / last written to KV (bounded like the states:
+        # forgetting one only costs a KV read or write)
+        self._access: OrderedDict[str, float] = OrderedDict()
+        self._access_written: OrderedDict[str, float] = OrderedDict()
 
     async def open(self) -> None:
         """Provision the stream and bucket (idempotent) and start the publisher.
@@ -116,15 +121,43 @@ class DurableStore:
         m = await self.dg.last_msg(
             self.kv_stream, self.kv_prefix + key, timeout=self.s.request_timeout
         )
-        if m is None or m.header("KV-Operation") is not None:
+        if m is None or m.header(hdr.KV_OPERATION) is not None:
             return None
         return m.data, m.seq
 
     async def lookup(self, name: str) -> tuple[StreamRecord, int] | None:
-        got = await self.kv_get(name_key(name))
+        """The record of ``name`` and its revision; an outage (a leader election, a restart)
+        is ridden out under the outage policy before it raises.
+
+        Raises:
+            DirectGetError, and the TRANSIENT_ERRORS: still unavailable after the budget.
+        """
+        key = name_key(name)
+        return await retry(
+            lambda: self._lookup_once(key),
+            self.policy,
+            what=f"durable stream record {name!r}",
+            transient=_lookup_transient,
+        )
+
+    async def _lookup_once(self, key: str) -> tuple[StreamRecord, int] | None:
+        got = await self.kv_get(key)
+        if got is None:
+            # Direct Get may be answered by a replica behind the leader: a stream created a
+            # moment ago must not read as missing. Ask the leader before saying so.
+            got = await self._kv_get_leader(key)
         if got is None:
             return None
         return decode_record(got[0]), got[1]
+
+    async def _kv_get_leader(self, key: str) -> tuple[bytes, int] | None:
+        try:
+            m = await self.js.get_msg(self.kv_stream, subject=self.kv_prefix + key)
+        except NotFoundError:
+            return None
+        if m.headers and m.headers.get(hdr.KV_OPERATION) is not None:
+            return None
+        return m.data or b"", int(m.seq or 0)
 
     async def update(self, name: str, rec: StreamRecord, rev: int) -> int | None:
         """Revision-checked write of a record; ``None``: it changed meanwhile."""
@@ -134,7 +167,7 @@ class DurableStore:
             return None
 
     async def expired(self, rec: StreamRecord) -> bool:
-        now = time.time()
+        now = self.clock()
         if rec.expires_ts is not None and now >= rec.expires_ts:
             return True
         if rec.ttl is None:
@@ -145,7 +178,7 @@ class DurableStore:
         got = await self.kv_get("a." + rec.inc)  # another gateway may have seen it since
         if got is not None:
             known = max(known, float(got[0]))
-            self._access[rec.inc] = known
+            _bounded_put(self._access, rec.inc, known)
         return now >= known + rec.ttl
 
     async def touch(self, rec: StreamRecord) -> None:
@@ -156,26 +189,20 @@ class DurableStore:
         """
         if rec.ttl is None:
             return
-        now = time.time()
-        self._access[rec.inc] = now
+        now = self.clock()
+        _bounded_put(self._access, rec.inc, now)
         last = self._access_written.get(rec.inc, rec.created)
         if now - last < min(60.0, rec.ttl / 10):
             return
-        self._access_written[rec.inc] = now
+        _bounded_put(self._access_written, rec.inc, now)
         await self.kv.put("a." + rec.inc, repr(now).encode())
 
-    def _lock(self, inc: str) -> asyncio.Lock:
-        lock = self._locks.get(inc)
-        if lock is None:
-            lock = self._locks[inc] = asyncio.Lock()
-        return lock
-
-    async def _catch_up(
-        self, rec: StreamRecord, st: StreamState, look_for: str | None = None
-    ) -> tuple[StreamState, int | None]:
-        """Fold the messages stored after ``st.tail``; also reports the sequence of the
-        message carrying append id ``look_for`` if it is among them."""
-        found: int | None = None
+    async def catch_up(
+        self, rec: StreamRecord, st: StreamState, look_for: Container[str] = ()
+    ) -> tuple[StreamState, dict[str, int]]:
+        """Fold the messages stored after ``st.tail``; also reports the sequences of the
+        messages carrying the append ids ``look_for`` among them."""
+        found: dict[str, int] = {}
         subject = self.subject(rec.inc)
         while True:
             msgs, pending = await self.dg.get_batch(
@@ -188,100 +215,40 @@ class DurableStore:
             )
             for m in msgs:
                 st.apply(m)
-                if look_for is not None and m.header(M_APPEND) == look_for:
-                    found = m.seq
+                aid = m.header(M_APPEND)
+                if aid is not None and aid in look_for:
+                    found[aid] = m.seq
             if not msgs or pending == 0:
                 break
-        self._remember(rec.inc, st)
+        self.remember(rec.inc, st)
         return st, found
 
-    def _remember(self, inc: str, st: StreamState) -> None:
+    def remember(self, inc: str, st: StreamState) -> None:
+        self._tails[self.subject(inc)] = st.tail
         self._states[inc] = st
         self._states.move_to_end(inc)
         while len(self._states) > STATE_CACHE:
-            self._states.popitem(last=False)
+            gone, _ = self._states.popitem(last=False)
+            self._tails.pop(self.subject(gone), None)
 
-    async def _state(self, rec: StreamRecord) -> tuple[StreamState, bool]:
+    async def state(self, rec: StreamRecord) -> tuple[StreamState, bool]:
         """The stream's state as this process knows it, and whether it was just read."""
         st = self._states.get(rec.inc)
         if st is not None:
             return st, False
         got = await self.kv_get("c." + rec.inc)
         st = StreamState.of(decode_snapshot(got[0])) if got else StreamState()
-        st, _ = await self._catch_up(rec, st)
+        st, _ = await self.catch_up(rec, st)
         return st, True
 
-    async def _snapshot(self, rec: StreamRecord, st: StreamState) -> None:
+    async def snapshot(self, rec: StreamRecord, st: StreamState) -> None:
         if st.unsnapped < SNAPSHOT_EVERY and not st.closed:
             return
         st.unsnapped = 0
-        await self.kv.put("c." + rec.inc, encode(st.snapshot()))
-
-    async def append(self, rec: StreamRecord, req: AppendRequest) -> AppendOutcome:
-        """Validate against the stream's state and store, exactly once, fenced.
-
-        Raises:
-            DsError: 503 JetStream unavailable past the outage budget, 500 refused.
-        """
-        async with self._lock(rec.inc):
-            st, fresh = await self._state(rec)
-            append_id = uuid.uuid4().hex
-            loop = asyncio.get_running_loop()
-            first_failure: float | None = None
-            backoff = BACKOFF_FIRST
-            for _ in range(MAX_FENCE_RETRIES):
-                verdict = decide(st, req)
-                if verdict is not None:
-                    if fresh:
-                        if isinstance(verdict, DsError):
-                            raise verdict
-                        return verdict
-                    # A refusal or a duplicate must not rest on a stale cache: another
-                    # gateway may have appended. Only a publish is fenced by the server.
-                    st, _ = await self._catch_up(rec, st)
-                    fresh = True
-                    continue
-                headers = message_headers(req, append_id)
-                headers[HDR_EXPECTED_LAST_SUBJ_SEQ] = str(st.tail)
-                try:
-                    seq = await self.publisher.publish_once(
-                        self.subject(rec.inc), req.payload or b"", headers
-                    )
-                except PublishRejected as e:
-                    if e.err_code == WRONG_LAST_SEQUENCE:
-                        # An earlier attempt of this very append (timed out, or answered
-                        # "in flight") may be what moved the tail: then it is stored.
-                        st, landed = await self._catch_up(rec, st, look_for=append_id)
-                        fresh = True
-                        if landed is not None:
-                            return success(req, landed, st)
-                        continue
-                    if not e.transient:
-                        raise DsError(500, f"append refused: {e.description}") from e
-                    error: Exception = e
-                except PublishTimeout as e:
-                    error = e
-                    try:
-                        st, landed = await self._catch_up(rec, st, look_for=append_id)
-                    except Exception as read_error:
-                        log.warning("read-back after an unanswered append failed: %r", read_error)
-                    else:
-                        fresh = True
-                        if landed is not None:
-                            return success(req, landed, st)
-                else:
-                    st.apply(as_stored(seq, headers))
-                    self._remember(rec.inc, st)
-                    await self._snapshot(rec, st)
-                    return success(req, seq, st)
-                now = loop.time()
-                first_failure = now if first_failure is None else first_failure
-                if now - first_failure > self.s.publish_outage_budget:
-                    raise DsError(503, f"stream storage unavailable: {error}") from error
-                log.warning("append to %s failed: %r; retrying", rec.inc, error)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
-            raise DsError(503, "append kept losing the race against other writers")
+        try:
+            await self.kv.put("c." + rec.inc, encode(st.snapshot()))
+        except nats.errors.Error as e:  # only a cache: the next snapshot or a re-fold covers it
+            log.warning("state snapshot of %s not written: %r", rec.inc, e)
 
     def source(self, rec: StreamRecord) -> Source:
         return Source(
@@ -301,7 +268,19 @@ class DurableStore:
         max_msgs: int = READ_BATCH,
     ) -> ReadResult:
         """The messages after sequence ``after``: inherited segments first, then the
-        stream's own; stops after the message that reaches ``max_bytes`` or ``max_msgs``."""
+        stream's own; stops after the message that reaches ``max_bytes`` or ``max_msgs``.
+
+        Direct Get may be answered by a replica a little behind the leader; a read that ends
+        before what this process itself stored is read again (read-your-writes)."""
+        stored = self._tails.get(src.subject, 0)
+        for attempt in range(READ_RETRIES):
+            res = await self._read(src, after, max_bytes=max_bytes, max_msgs=max_msgs)
+            if not res.up_to_date or res.next_seq >= stored:
+                return res
+            await asyncio.sleep(0.002 * (attempt + 1))
+        return res
+
+    async def _read(self, src: Source, after: int, *, max_bytes: int, max_msgs: int) -> ReadResult:
         out: list[StoredMsg] = []
         size = 0
         x = after
@@ -364,7 +343,7 @@ class DurableStore:
             last_seen = await self.dg.last_msg(src.stream, src.subject, timeout=timeout)
             if last_seen is not None and last_seen.seq > x:
                 # Stored between the two requests: read again rather than skip it.
-                return await self.read(src, after, max_bytes=max_bytes, max_msgs=max_msgs)
+                return await self._read(src, after, max_bytes=max_bytes, max_msgs=max_msgs)
         closed = last_seen is not None and last_seen.seq > src.base and src.closes(last_seen)
         if out:
             return ReadResult(out, x, True, closed)
@@ -395,7 +374,7 @@ class DurableStore:
         self, subject: str, payload: bytes, headers: dict[str, str], last: int
     ) -> int:
         h = dict(headers)
-        h[HDR_EXPECTED_LAST_SUBJ_SEQ] = str(last)
+        h[hdr.EXPECTED_LAST_SUBJECT_SEQ] = str(last)
         try:
             return await self.publisher.publish_once(subject, payload, h)
         except (PublishRejected, PublishTimeout) as e:
@@ -403,6 +382,7 @@ class DurableStore:
 
     async def purge(self, inc: str) -> None:
         self._states.pop(inc, None)
+        self._tails.pop(self.subject(inc), None)
         self._access.pop(inc, None)
         self._access_written.pop(inc, None)
         await self.js.purge_stream(self.stream, subject=self.subject(inc))
@@ -414,3 +394,19 @@ class DurableStore:
         info = await self.js.stream_info(self.kv_stream, subjects_filter=self.kv_prefix + "n.*")
         for subject in info.state.subjects or {}:
             yield key_name(subject[len(self.kv_prefix) :])
+
+
+def _bounded_put(cache: OrderedDict[str, float], key: str, value: float) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > STATE_CACHE:
+        cache.popitem(last=False)
+
+
+def _lookup_transient(e: Exception) -> bool | None:
+    """An outage for a record lookup: a Direct Get timeout or 503, or the leader's get
+    unanswered (backed off, as a 503 is)."""
+    fast = direct_get_transient(e)
+    if fast is None and isinstance(e, TRANSIENT_ERRORS):
+        return True
+    return fast
