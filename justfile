@@ -40,10 +40,12 @@ bench-compare BEFORE AFTER *ARGS:
 bench-smoke:
     {{py}} -m bench.run --smoke
 
-# redis-server for the Redis-style baseline (Debian package).
+# The baselines: redis-server (Debian package) and redis-py, rakaia-streams and uvicorn (the
+# `bench` extra), and the Node reference server (`npm ci` from package-lock.json).
 bench-deps:
     command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
     {{py}} -m pip install -q -e '.[bench]'
+    npm ci --no-audit --no-fund
 
 # The architecture's shape: upward imports, import cycles, modules and functions over the
 # size limits (tests/test_layers.py fails on them).

@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench import collect, report
+from bench import collect, report, streams
 from bench.figures import KEYS, SPECS, evaluate, skipped
 from bench.infra import (
     REPO,
@@ -41,7 +41,17 @@ from bench.infra import (
     redis_missing,
 )
 
-SECTIONS = ("ingest", "resume", "abort", "answers", "memory", "readers", "delivery", "aggregator")
+SECTIONS = (
+    "ingest",
+    "resume",
+    "abort",
+    "answers",
+    "memory",
+    "readers",
+    "delivery",
+    "aggregator",
+    "streams",
+)
 
 FULL: dict[str, dict[str, Any]] = {
     "ingest": {"jobs": 200, "flat_duration": 3.0, "paced_duration": 4.0, "rate": 50, "rounds": 3},
@@ -59,6 +69,7 @@ FULL: dict[str, dict[str, Any]] = {
     "readers_idle": {"readers": 2000, "settle": 5.0, "window": 10.0},
     "delivery": {"readers": 1000, "jobs": 250, "rates": [20, 50], "duration": 5.0},
     "aggregator": {"repeat": 5},
+    "streams": streams.FULL,
 }
 
 SMOKE: dict[str, dict[str, Any]] = {
@@ -77,6 +88,7 @@ SMOKE: dict[str, dict[str, Any]] = {
     "readers_idle": {"readers": 30, "settle": 0.2, "window": 0.5},
     "delivery": {"readers": 20, "jobs": 5, "rates": [20, 50], "duration": 0.4},
     "aggregator": {"repeat": 1},
+    "streams": streams.SMOKE,
 }
 
 TIMEOUTS = {"full": 300.0, "smoke": 30.0}
@@ -84,9 +96,15 @@ TIMEOUTS = {"full": 300.0, "smoke": 30.0}
 
 class Bench:
     def __init__(
-        self, plan: dict[str, dict[str, Any]], smoke: bool, work: Path, gc_mode: str = "default"
+        self,
+        plan: dict[str, dict[str, Any]],
+        smoke: bool,
+        work: Path,
+        gc_mode: str = "default",
+        guard: Guard | None = None,
     ) -> None:
         self.plan = plan
+        self.guard = guard
         self.gc_mode = gc_mode
         self.smoke = smoke
         self.work = work
@@ -210,6 +228,19 @@ class Bench:
     def aggregator(self) -> dict[str, Any]:
         return self.worker("aggregator", self.plan["aggregator"])
 
+    def streams(self) -> dict[str, Any]:
+        """Durable Streams: genjobs' gateway beside the reference server and rakaia."""
+        assert self.guard is not None
+        section = streams.Section(
+            self.plan["streams"],
+            self.work,
+            self.guard,
+            nats_url=self.nats.url,
+            nats_pid=self.nats.pid,
+            timeout=self.timeout,
+        )
+        return section.run()
+
     def _say(self, what: str, result: dict[str, Any], key: str) -> None:
         value = result.get(key) if key != "p99" else result.get("readers", {}).get("p99_ms_all")
         text = f"{value:,.0f}" if isinstance(value, float) else result.get("error", "")
@@ -255,6 +286,8 @@ class Bench:
             figs.update(collect.delivery(sec["delivery"]))
         if "aggregator" in sec:
             figs.update(collect.aggregator(sec["aggregator"]))
+        if "streams" in sec:
+            figs.update(collect.streams(sec["streams"]))
         for key in KEYS:
             if key not in figs:
                 figs[key] = skipped("section not selected (--only)")
@@ -301,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: load average {load0} - other work is running; figures will be noisier")
     guard = Guard(deadline=1800 if not args.smoke else 120)
     with tempfile.TemporaryDirectory(prefix="genjobs-bench-") as work:
-        bench = Bench(plan, args.smoke, Path(work), args.gc)
+        bench = Bench(plan, args.smoke, Path(work), args.gc, guard)
         try:
             bench.nats.start()
             guard.watch(bench.nats.pid)
