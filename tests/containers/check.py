@@ -44,8 +44,8 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from service import simulate as sim
+from service.client.reader import LiveHub
 from service.config import Settings
-from service.reader import LiveHub
 
 from ..faults.procs import RemoteProducer, api
 from ..faults.workload import (
