@@ -4,12 +4,16 @@
 #   docker build -t genjobs .                                     # base python:3.11-slim
 #   docker build --build-arg BASE=local/debian:bookworm -t genjobs .   # any Debian-like base
 #                                                                 # (deploy/base-image.sh makes one)
-#   docker run --rm -p 127.0.0.1:4222:4222 genjobs                # replica + its own nats-server
-#   docker run --rm -e GENJOBS_NATS_URL=nats://nats:4222 genjobs  # a replica of your NATS
+#   docker run --rm -e GENJOBS_JWT_SECRET=... -p 127.0.0.1:8080:8080 genjobs
+#                                  # one replica, its own nats-server, HTTP (SSE) on :8080
+#   docker run --rm -e GENJOBS_JWT_SECRET=... -e GENJOBS_NATS_URL=nats://nats:4222 genjobs
+#                                  # a replica of your NATS
+#   docker run ... genjobs gateway --http 0.0.0.0:8080   # a stateless HTTP gateway
 #
 # Without GENJOBS_NATS_URL, `genjobs serve` starts the wheel's nats-server inside the container
 # (data in /data, a volume): fine for one container, not for several replicas (docs/deploy.md).
-# The `test` target adds the test suite and pytest (used by `just containers`).
+# The HTTP side needs GENJOBS_JWT_SECRET (or GENJOBS_JWT_JWKS_URL; GENJOBS_AUTH=none for
+# development only): docs/http.md. The `test` target adds the tests and pytest (`just containers`).
 ARG BASE=python:3.11-slim
 
 # --- build: a virtual environment with genjobs and its dependencies --------------------------
@@ -50,17 +54,19 @@ COPY nats.conf nats-auth.conf ./
 COPY deploy/nats-cluster.conf ./deploy/
 USER genjobs
 VOLUME ["/data"]
-EXPOSE 4222 8080
+EXPOSE 8080
 # SIGTERM = graceful stop: no new work, running jobs end (or are handed to another replica),
 # acks flushed, exit 0, within GENJOBS_SHUTDOWN_GRACE (10 s) plus a little: give it longer
 # (`docker stop -t 30`, compose `stop_grace_period: 30s`, Kubernetes
 # terminationGracePeriodSeconds).
 STOPSIGNAL SIGTERM
-# Healthy = this container's service answers over NATS.
+# Healthy = this container's own /readyz answers 200: NATS connected, JetStream and the
+# buckets reachable (a replica also: not past its outage budget). GENJOBS_HEALTH_PORT if the
+# HTTP side listens elsewhere than 8080.
 HEALTHCHECK --interval=5s --timeout=4s --start-period=60s --retries=3 \
-  CMD ["genjobs", "counts"]
+  CMD ["python3", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('GENJOBS_HEALTH_PORT', '8080'), timeout=3)"]
 ENTRYPOINT ["genjobs"]
-CMD ["serve", "--data-dir", "/data"]
+CMD ["serve", "--data-dir", "/data", "--http", "0.0.0.0:8080"]
 
 # --- test: the runtime plus the tests and pytest (`just containers` runs its check here) -----
 FROM runtime AS test

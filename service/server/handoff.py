@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import nats.errors
+import nats.js.errors
 
 from actors.handle import ActorHandle
 from actors.termination import Fail
@@ -191,8 +192,7 @@ class Handoff:
             raise Conflict(f"job {job_id} is owned by {rec.owner}", job_id=job_id)
         if rec.status.terminal:
             raise JobEnded(job_id, rec.status.value)
-        tail = await store.subject_last(job_id)
-        seq, headers = (0, {}) if tail is None else tail
+        seq, headers = await self._leader_tail(job_id)
         if headers.get(HDR_KIND) in (EventKind.FINAL, EventKind.ERROR):
             raise JobEnded(job_id, "ended in its log")
         if seq != rec.last_seq:
@@ -200,8 +200,34 @@ class Handoff:
             raise OwnershipLost(
                 job_id, f"log tail {seq} is not the record's lastSeq {rec.last_seq}"
             )
+        await self._followers_reach(job_id, seq)
         agg = await replay(store, self.s, job_id, after_seq=rec.first_seq, up_to_seq=seq)
         self.replica.start_actor(rec, rev, agg=agg).mark_remote()
         self.adopted += 1
         log.info("job %s: adopted at seq %d (producer index %d)", job_id, seq, rec.ingest_next)
         return {"adopted": True, "seq": seq}
+
+    async def _leader_tail(self, job_id: str) -> tuple[int, dict[str, Any]]:
+        """The subject's last (seq, headers) as the stream leader has it. A Direct Get may be
+        answered by a follower that lags behind on a replicated stream; this must not be."""
+        try:
+            msg = await self.replica.store.js.get_last_msg(
+                self.s.stream_name, self.s.events_subject(job_id)
+            )
+        except nats.js.errors.NotFoundError:
+            return 0, {}
+        return int(msg.seq or 0), dict(msg.headers or {})
+
+    async def _followers_reach(self, job_id: str, seq: int) -> None:
+        """Wait (bounded) until Direct Get, which the replay uses and any replica of the stream
+        may answer, serves the tail too: the aggregator must see every event up to ``seq``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.s.request_timeout
+        while True:
+            tail = await self.replica.store.subject_last(job_id)
+            if (0 if tail is None else tail[0]) >= seq:
+                return
+            if loop.time() >= deadline:
+                log.warning("job %s: Direct Get still behind seq %d; replaying anyway", job_id, seq)
+                return
+            await asyncio.sleep(0.05)  # a follower applies the leader's writes within ms

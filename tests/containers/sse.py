@@ -10,25 +10,17 @@ not): the check depends on nothing the gateway itself uses.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import json
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+import jwt
+
 
 def hs256_token(secret: str, claims: dict[str, object]) -> str:
-    """A JWT signed HS256 (the gateway verifies it with its JWT library)."""
-
-    def b64(raw: bytes) -> str:
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    body = b64(json.dumps(claims).encode())
-    sig = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
-    return f"{head}.{body}.{b64(sig)}"
+    """A JWT signed HS256, as LibreChat signs its tokens (the gateway's JWT_SECRET)."""
+    return jwt.encode(claims, secret, algorithm="HS256")
 
 
 class _Closed(Exception):
@@ -97,6 +89,9 @@ class SseFollower:
                 name, _, value = line.decode("latin-1").partition(":")
                 if name.strip().lower() == "transfer-encoding" and "chunked" in value.lower():
                     chunked = True
+            if status == 204:
+                self.terminal = "ended"  # after the terminal event: nothing will come
+                return
             if status != 200:
                 if 400 <= status < 500:
                     body = await reader.read(2000)
