@@ -171,10 +171,11 @@ async def wait_file(path: Path, timeout: float) -> None:
 
 
 def gaps(times: list[float], t0: float, t1: float) -> float:
-    """The longest gap between consecutive times that overlaps [t0, t1]."""
+    """The longest gap between consecutive times that starts in [t0, t1] (each gap counts in
+    the one phase it began in)."""
     worst = 0.0
     for a, b in itertools.pairwise(times):
-        if b >= t0 and a <= t1:
+        if t0 <= a <= t1:
             worst = max(worst, b - a)
     return worst
 
@@ -343,9 +344,7 @@ async def main(argv: list[str] | None = None) -> int:
             + [gaps(r.times, t0, t1) for r in sse]
             or [0.0]
         )
-        producers = max(
-            [b - a for st in streamers for a, b in st.acks if b >= t0 and a <= t1] or [0.0]
-        )
+        producers = max([b - a for st in streamers for a, b in st.acks if t0 <= a <= t1] or [0.0])
         return {"reader_max_gap_s": round(readers, 3), "producer_max_ack_s": round(producers, 3)}
 
     figures: dict[str, Any] = {
@@ -360,7 +359,7 @@ async def main(argv: list[str] | None = None) -> int:
         "lost": lost + lost_acked,
         "usage_records": sum(len(st.acked_usage) for st in streamers),
         "stream_s": round(t_end - t_start, 1),
-        "phases": {ph["phase"]: stall(ph["start"], ph["end"] + 1.0) for ph in phases},
+        "phases": {ph["phase"]: stall(ph["start"], ph["end"]) for ph in phases},
         "steady": stall(t_start, phases[0]["start"]) if phases else stall(t_start, t_end),
     }
     for name, st in figures["phases"].items():

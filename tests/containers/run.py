@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         compose = Compose(
             f"genjobs-ctest-{os.getpid()}",
             {"GENJOBS_IMAGE": IMAGE, "GENJOBS_COMPOSE_NATS_PORT": str(nats_port),
-             "GENJOBS_COMPOSE_HTTP_PORT": str(http_port), "GENJOBS_JWT_SECRET": "ctest-secret"},
+             "GENJOBS_COMPOSE_HTTP_PORT": str(http_port), "GENJOBS_JWT_SECRET": "ctest-secret",
+             "GENJOBS_HANDOFF_TIMEOUT": "0" if args.expect == "interrupted" else "5"},
         )  # fmt: skip
         checker = f"{compose.project}-check"
         try:
