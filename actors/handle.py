@@ -162,10 +162,6 @@ class ActorHandle:
     def mark_remote(self) -> None:
         self._actor.remote = True
 
-    @property
-    def accepting(self) -> bool:
-        return self._actor.accepting
-
     def release(self, owner: str) -> asyncio.Future[tuple[JobRecord, int]]:
         """Hand the job to replica ``owner`` (service/server/handoff.py): the future gets the
         record naming it and its revision once everything queued is stored; the actor then

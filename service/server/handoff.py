@@ -21,10 +21,10 @@ Old owner (``Replica.stop``, after it stopped taking work, before the terminal e
 New owner (the ``adopt`` rpc): the record must name it as owner of a running job; the log's
 tail (the subject fence: last seq and index) must be the record's ``lastSeq``; the log is
 replayed into the aggregator (the content of snapshots and abort finals); an actor starts from
-the record and the tail. Every replica subscribes to ``<prefix>.ingest.*`` and only the one
-running the job's actor answers, so the producer's next batch (a resend of one the old owner no
-longer answered) is answered by the new owner; ``ingestNext`` recognises what was already
-stored. Its publishes are fenced on the subject's last sequence, so a stale writer could never
+the record and the tail. The producer's next batch (a resend of one the old owner no longer
+answered) reaches whichever replica the ingest queue group picks, which runs it or relays it to
+the owner the record names (service/server/ingest.py): the new owner answers it;
+``ingestNext`` recognises what was already stored. Its publishes are fenced on the subject's last sequence, so a stale writer could never
 add to the log.
 """
 
@@ -33,21 +33,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 import nats.errors
 import nats.js.errors
 
 from actors.handle import ActorHandle
+from actors.registry import Registry
 from actors.termination import Fail
 from schemas.errors import Conflict, GenjobsError, JobEnded, NotFound, OwnershipLost, Unavailable
 from schemas.events import HDR_KIND, EventKind
 from schemas.job import JobRecord
+from service.config import Settings
+from service.nats.store import Store
+from service.server.liveness import Liveness
 from service.server.resume import replay
+from service.server.takeover import Takeover
 
-if TYPE_CHECKING:
-    from service.server.replica import Replica
+StartActor = Callable[..., ActorHandle]
+"""``Replica.start_actor(rec, rev, agg=...)``: run an adopted job's actor on this replica."""
 
 log = logging.getLogger("genjobs.handoff")
 _enc = msgspec.json.Encoder()
@@ -56,26 +62,47 @@ _enc = msgspec.json.Encoder()
 class Handoff:
     """Both sides of the handoff for one replica (see the module docstring)."""
 
-    def __init__(self, replica: Replica) -> None:
-        self.replica = replica
-        self.s = replica.s
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        store: Store,
+        liveness: Liveness,
+        takeover: Takeover,
+        start_actor: StartActor,
+    ) -> None:
+        self.s = settings
+        self.me = settings.replica_id
+        self.registry = registry
+        self.store = store
+        self.liveness = liveness
+        self.takeover = takeover
+        self._start_actor = start_actor
         self.handed_off = 0
         self.adopted = 0
         self.fallbacks = 0
 
     # --- old owner --------------------------------------------------------------------------
 
-    async def hand_off_all(self) -> int:
-        """Hand every running remote-producer job to another replica; how many moved."""
+    async def hand_off_all(self, timeout: float) -> int:
+        """Hand every running remote-producer job to another replica, within ``timeout``
+        seconds in all (a share of the stop's grace); how many moved. A job still running here
+        when the time is up gets its terminal event from ``Replica.stop``, as without handoff."""
         if self.s.handoff_timeout <= 0:
             return 0
-        actors = [a for a in self.replica.registry.actors() if a.remote and a.accepting]
+        actors = [a for a in self.registry.actors() if a.remote and a.accepting]
         if not actors:
             return 0
-        results = await asyncio.gather(*(self._hand_off(a) for a in actors), return_exceptions=True)
+        tasks = [asyncio.ensure_future(self._hand_off(a)) for a in actors]
+        _done, late = await asyncio.wait(tasks, timeout=timeout)
+        for t in late:
+            t.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
         moved = 0
         for actor, result in zip(actors, results, strict=True):
-            if isinstance(result, BaseException):
+            if isinstance(result, asyncio.CancelledError):
+                log.warning("job %s: handoff not done within the grace period", actor.job_id)
+            elif isinstance(result, BaseException):
                 log.error("job %s: handoff failed", actor.job_id, exc_info=result)
             elif result:
                 moved += 1
@@ -85,8 +112,8 @@ class Handoff:
         return moved
 
     def _candidates(self) -> list[str]:
-        me = self.replica.replica_id
-        live = [r for r in self.replica.liveness.live_replicas() if r != me]
+        me = self.me
+        live = [r for r in self.liveness.live_replicas() if r != me]
         random.shuffle(live)
         return live
 
@@ -100,9 +127,8 @@ class Handoff:
         except JobEnded:
             return False
         try:
-            async with asyncio.timeout(self.s.shutdown_grace):
-                rec, rev = await fut
-        except (GenjobsError, TimeoutError) as e:
+            rec, rev = await fut
+        except GenjobsError as e:
             # The actor could not write the record: it ended the job itself (or still runs and
             # gets its terminal event from Replica.stop).
             log.warning("job %s: not released for handoff: %r", actor.job_id, e)
@@ -111,7 +137,7 @@ class Handoff:
             if i:
                 rec.owner = target
                 try:
-                    rev = await self.replica.store.update_record(rec, rev)
+                    rev = await self.store.update_record(rec, rev)
                 except Conflict:
                     log.info("job %s: record changed during handoff; left as it is", rec.stream_id)
                     return True
@@ -137,7 +163,7 @@ class Handoff:
     async def _ask_adopt(self, target: str, job_id: str) -> dict[str, Any] | None:
         """The target's answer, ``{"refused": ...}`` when nobody listens, None on a timeout."""
         try:
-            msg = await self.replica.nc.request(
+            msg = await self.store.nc.request(
                 self.s.rpc_subject(target, "adopt"),
                 _enc.encode({"jobId": job_id}),
                 timeout=self.s.handoff_timeout,
@@ -152,13 +178,13 @@ class Handoff:
     async def _end_here(self, rec: JobRecord, rev: int) -> None:
         """No replica adopted the job: take it back and give it its terminal event."""
         self.fallbacks += 1
-        rec.owner = self.replica.replica_id
+        rec.owner = self.me
         try:
-            rev = await self.replica.store.update_record(rec, rev)
+            rev = await self.store.update_record(rec, rev)
         except Conflict:
             log.info("job %s: record changed during handoff; left as it is", rec.stream_id)
             return
-        await self.replica.takeover.end(rec, rev, Fail.shutdown())
+        await self.takeover.end(rec, rev, Fail.shutdown())
 
     # --- new owner --------------------------------------------------------------------------
 
@@ -169,7 +195,7 @@ class Handoff:
             Unavailable: this replica is stopping (or handoff is off).
             NotFound, Conflict, JobEnded: the job is not this replica's to adopt.
         """
-        registry = self.replica.registry
+        registry = self.registry
         if registry.closing or self.s.handoff_timeout <= 0:
             raise Unavailable("not adopting jobs (stopping, or handoff off)")
         if registry.get(job_id) is not None:
@@ -183,12 +209,12 @@ class Handoff:
             registry.reserved.discard(job_id)
 
     async def _adopt(self, job_id: str) -> dict[str, Any]:
-        store = self.replica.store
+        store = self.store
         loaded = await store.load_record(job_id)
         if loaded is None:
             raise NotFound(f"job {job_id} not found")
         rec, rev = loaded
-        if rec.owner != self.replica.replica_id:
+        if rec.owner != self.me:
             raise Conflict(f"job {job_id} is owned by {rec.owner}", job_id=job_id)
         if rec.status.terminal:
             raise JobEnded(job_id, rec.status.value)
@@ -202,7 +228,7 @@ class Handoff:
             )
         await self._followers_reach(job_id, seq)
         agg = await replay(store, self.s, job_id, after_seq=rec.first_seq, up_to_seq=seq)
-        self.replica.start_actor(rec, rev, agg=agg).mark_remote()
+        self._start_actor(rec, rev, agg=agg).mark_remote()
         self.adopted += 1
         log.info("job %s: adopted at seq %d (producer index %d)", job_id, seq, rec.ingest_next)
         return {"adopted": True, "seq": seq}
@@ -211,7 +237,7 @@ class Handoff:
         """The subject's last (seq, headers) as the stream leader has it. A Direct Get may be
         answered by a follower that lags behind on a replicated stream; this must not be."""
         try:
-            msg = await self.replica.store.js.get_last_msg(
+            msg = await self.store.js.get_last_msg(
                 self.s.stream_name, self.s.events_subject(job_id)
             )
         except nats.js.errors.NotFoundError:
@@ -224,7 +250,7 @@ class Handoff:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.s.request_timeout
         while True:
-            tail = await self.replica.store.subject_last(job_id)
+            tail = await self.store.subject_last(job_id)
             if (0 if tail is None else tail[0]) >= seq:
                 return
             if loop.time() >= deadline:

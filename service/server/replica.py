@@ -115,7 +115,9 @@ class Replica:
         self.resumes = Resumes(self.store, self.s, self.registry, owner)
         self.reads = Reads(self.store, self.s, self.registry, owner)
         self.ops = JobOps(self.reads, self.resumes, self.aborts, self.takeover)
-        self.handoff = Handoff(self)
+        self.handoff = Handoff(
+            self.s, self.registry, self.store, self.liveness, self.takeover, self.start_actor
+        )
         self._rpc = OwnerRpc(self.registry, self.aborts, adopt=self.handoff.adopt)
         self.cleanup = CleanupWorker(self.store, self.s)
         self.presence = PresenceTracker(self.nc, self.s, self.registry)
