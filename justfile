@@ -70,3 +70,11 @@ bench-stack *ARGS:
 [positional-arguments]
 conformance *ARGS:
     {{py}} conformance/run.py "$@"
+
+# The containers, built and run here (docs/deploy.md): installs docker.io, docker-compose and
+# debootstrap with apt if missing, starts dockerd if none runs (and stops it after), builds the
+# base and project images, runs compose.yaml, restarts each replica, kills a NATS node,
+# restarts the gateway while remote producers stream and SSE and NATS readers follow, checks
+# nothing was lost, duplicated or interrupted, tears down, prints figures. Needs root.
+containers *ARGS:
+    {{py}} -m tests.containers.run {{ARGS}}

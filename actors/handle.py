@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from actors.inbox import InboxClosed
-from actors.messages import Emit, Finish, Flush, Ingest, RecordUsage, Snapshot, UpdateMeta
+from actors.messages import Emit, Finish, Flush, Ingest, RecordUsage, Release, Snapshot, UpdateMeta
 from actors.termination import Abort, Ending
 from schemas.api import AbortResult, CompletionResult, ResumeSnapshot
 from schemas.job import JobRecord, JobStatus
@@ -153,6 +153,26 @@ class ActorHandle:
     def bind_producer(self, task: asyncio.Task[Any]) -> None:
         """Cancel ``task`` when the job is aborted."""
         self._actor.bind_producer(task)
+
+    @property
+    def remote(self) -> bool:
+        """Its producer is remote (``api.create`` + ingest), so the job may be handed off."""
+        return self._actor.remote
+
+    def mark_remote(self) -> None:
+        self._actor.remote = True
+
+    def release(self, owner: str) -> asyncio.Future[tuple[JobRecord, int]]:
+        """Hand the job to replica ``owner`` (service/server/handoff.py): the future gets the
+        record naming it and its revision once everything queued is stored; the actor then
+        ends without a terminal event.
+
+        Raises:
+            JobEnded: the actor takes no more messages.
+        """
+        fut: asyncio.Future[tuple[JobRecord, int]] = self._future()
+        self._actor.request(Release(owner, fut))
+        return fut
 
     def stop_producer(self) -> None:
         """The producer's signal to stop generating (the replica's shutdown)."""

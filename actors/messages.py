@@ -15,6 +15,7 @@ from typing import Any
 
 from actors.termination import Complete, Ending, Fail
 from schemas.api import AbortResult, CompletionResult, ResumeSnapshot
+from schemas.job import JobRecord
 
 
 @dataclass(slots=True)
@@ -89,7 +90,17 @@ class Ingest:
         return len(self.events) + len(self.usage) + (0 if self.ending is None else 1)
 
 
-Command = Emit | Flush | Snapshot | UpdateMeta | RecordUsage | Finish | Ingest
+@dataclass(slots=True)
+class Release:
+    """Hand the job to replica ``owner`` (service/server/handoff.py): publish what is queued,
+    write the record with the new owner (revision-checked), then end this actor without a
+    terminal event. ``fut`` gets the record and its revision as written."""
+
+    owner: str
+    fut: asyncio.Future[tuple[JobRecord, int]]
+
+
+Command = Emit | Flush | Snapshot | UpdateMeta | RecordUsage | Finish | Ingest | Release
 
 
 def resolve(fut: asyncio.Future[Any], value: Any) -> None:

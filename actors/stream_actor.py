@@ -28,6 +28,7 @@ from actors.messages import (
     Ingest,
     IngestOutcome,
     RecordUsage,
+    Release,
     Snapshot,
     UpdateMeta,
     reject,
@@ -70,6 +71,9 @@ class StreamActor:
     max_events: int = 200_000
     """Per-job cap; the last slot is kept for the terminal event so a capped job still ends."""
     on_end: Callable[[StreamActor], None] | None = None
+    remote: bool = False
+    """Its producer is remote (``api.create`` + ingest): the job can move to another replica
+    when this one stops (service/server/handoff.py); an in-process producer cannot."""
     # state -------------------------------------------------------------------------------
     inbox: Inbox[Command] = field(init=False)
     aborted: asyncio.Event = field(init=False, default_factory=asyncio.Event)
@@ -93,7 +97,10 @@ class StreamActor:
         self._snapshot_due = time.monotonic() + self.snapshot_interval
         self._producer_tasks: set[asyncio.Task[Any]] = set()
         self._acked = 0  # producer events whose (possibly merged) message is acknowledged
-        self._ingested = 0  # next producer index a remote producer's batch must start at
+        self._ingested = self.rec.ingest_next  # next index a remote producer's batch starts at
+        self._release: Release | None = None
+        self.released = False
+        """Ended by a handoff: the job runs on, on another replica (no terminal event here)."""
 
     @property
     def job_id(self) -> str:
@@ -156,7 +163,7 @@ class StreamActor:
 
     async def _main(self) -> None:
         while True:
-            if not self._outbox and self._finish is None:
+            if not self._outbox and self._finish is None and self._release is None:
                 timeout = self._idle_timeout()
                 if await self.inbox.wait(timeout):
                     await self._absorb(self.inbox.take_all())
@@ -165,6 +172,9 @@ class StreamActor:
                 await self._absorb(self.inbox.take_all())
             if self._finish is not None:
                 await self._do_finish(self._finish)
+                return
+            if self._release is not None:
+                await self._do_release(self._release)
                 return
             if self._dirty and time.monotonic() >= self._snapshot_due:
                 await self._write_snapshot()
@@ -188,12 +198,18 @@ class StreamActor:
                 case Ingest():
                     await self._ingest(c)
                 case Finish():
-                    if self._finish is None:
+                    if self._finish is None and self._release is None:
                         self._finish = c
                         self.accepting = False
                     else:
                         self._late.append(c)
-                case UpdateMeta() | RecordUsage() if self._finish is not None:
+                case Release():
+                    if self._finish is None and self._release is None:
+                        self._release = c
+                        self.accepting = False
+                    else:
+                        reject(c.fut, JobEnded(self.job_id, "finishing"))
+                case UpdateMeta() | RecordUsage() if self._finish or self._release is not None:
                     reject(c.fut, JobEnded(self.job_id, "finishing"))
                 case UpdateMeta():
                     await self._apply_meta(c)
@@ -205,6 +221,10 @@ class StreamActor:
                     assert_never(c)
 
     async def _ingest(self, c: Ingest) -> None:
+        if self._release is not None:
+            # Being handed off: the new owner answers the producer's resend of this batch.
+            reject(c.fut, JobEnded(self.job_id, "handed off"))
+            return
         if self._finish is not None or self.rec.status.terminal:
             outcome = IngestOutcome(self._ingested, None, self.aborted.is_set(), ended=True)
             resolve(c.fut, outcome)
@@ -316,6 +336,7 @@ class StreamActor:
     async def _persist(self, *, ttl: float | None = None) -> None:
         self.rec.last_seq = self._last_seq
         self.rec.last_index = self._next_index - 1
+        self.rec.ingest_next = self._ingested
         try:
             self.rev = await self.port.update_record(self.rec, self.rev, ttl=ttl)
         except GenjobsError as e:
@@ -348,6 +369,22 @@ class StreamActor:
             log.warning("job %s: snapshot not written (retried later): %r", self.job_id, e)
             return
         self._dirty = False
+
+    # --- handoff --------------------------------------------------------------------------
+
+    async def _do_release(self, c: Release) -> None:
+        """Everything queued is published and acknowledged (``_main`` drained it): write the
+        record naming the new owner, fenced by its revision, and stop without a terminal event.
+        The new owner continues from the log's tail (the subject fence) and this record."""
+        await self._write_snapshot()
+        previous, self.rec.owner = self.rec.owner, c.owner
+        try:
+            await self._persist()
+        except BaseException:
+            self.rec.owner = previous  # still ours: a failure path ends it as before
+            raise
+        self.released = True
+        resolve(c.fut, (self.rec, self.rev))
 
     # --- terminal (decided by actors.termination) -------------------------------------------
 
@@ -446,6 +483,8 @@ class StreamActor:
         for _, fut in self._barriers:
             reject(fut, err)
         self._barriers.clear()
+        if self._release is not None:
+            reject(self._release.fut, err)
         if self.on_end is not None:
             self.on_end(self)
 

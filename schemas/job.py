@@ -95,6 +95,10 @@ class JobRecord(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"
     usage_claimed: bool
     usage_claimed_by: str | None = None
     aborted_by: str | None = None
+    ingest_next: int = 0
+    """The next producer index a remote producer's ingest batch starts at (docs/protocol.md):
+    kept in the record so that a replica adopting the job (service/server/handoff.py) recognises
+    resent batches exactly as the previous owner would."""
 
     @property
     def job_id(self) -> str:

@@ -36,6 +36,7 @@ from actors.handle import ActorHandle
 from actors.registry import Registry
 from actors.stream_actor import StreamActor
 from actors.termination import SHUTDOWN_MESSAGE, Fail
+from schemas.content.aggregator import ContentAggregator
 from schemas.errors import BadRequest, Conflict, GenjobsError, JobEnded, Unavailable
 from schemas.ids import check_id, check_optional_id
 from schemas.job import JobRecord, JobStatus
@@ -45,6 +46,7 @@ from service.config import Settings
 from service.nats.provision import provision
 from service.nats.store import Store
 from service.server.abort import BY_REPLACE, Aborts
+from service.server.handoff import Handoff
 from service.server.liveness import CleanupWorker, Liveness
 from service.server.ops import JobOps
 from service.server.owner_link import OwnerLink
@@ -113,7 +115,10 @@ class Replica:
         self.resumes = Resumes(self.store, self.s, self.registry, owner)
         self.reads = Reads(self.store, self.s, self.registry, owner)
         self.ops = JobOps(self.reads, self.resumes, self.aborts, self.takeover)
-        self._rpc = OwnerRpc(self.registry, self.aborts)
+        self.handoff = Handoff(
+            self.s, self.registry, self.store, self.liveness, self.takeover, self.start_actor
+        )
+        self._rpc = OwnerRpc(self.registry, self.aborts, adopt=self.handoff.adopt)
         self.cleanup = CleanupWorker(self.store, self.s)
         self.presence = PresenceTracker(self.nc, self.s, self.registry)
         self.presence.callbacks.append(self._reset_sync_sent)
@@ -198,7 +203,9 @@ class Replica:
                 await self.nc.flush(timeout=max(1, int(left(0.1))))
             except (TimeoutError, nats.errors.Error) as e:
                 log.warning("shutdown: flushing the unsubscriptions: %r", e)
-        # 2. terminal events for running jobs, bounded by the grace period
+        # 2. remote-producer jobs move to another replica (service/server/handoff.py); the
+        # rest get their terminal event, bounded by the grace period
+        await self.handoff.hand_off_all(timeout=left(0.5))
         futures: dict[asyncio.Future[Any], str] = {}
         for actor in self.registry.actors():
             actor.stop_producer()  # the producer's signal to stop generating
@@ -363,23 +370,36 @@ class Replica:
                 except Conflict:
                     continue
             await self.store.add_user_index(new)
-            actor = StreamActor(
-                new,
-                rev,
-                self.store,
-                inbox_size=self.s.inbox_size,
-                snapshot_interval=self.s.snapshot_interval,
-                completed_ttl=self.s.completed_ttl,
-                max_events=self.s.max_events_per_job,
-                on_end=lambda a: self.store.release_local(a.job_id),
-            )
-            self.registry.start(actor)  # raises if closing; the task runs from the next tick
-            self.store.claim_local(job_id)
-            handle = self._producer_handle(actor.handle)
+            handle = self._producer_handle(self.start_actor(new, rev))
             if metadata:
                 await handle.update_metadata(**metadata)
             return handle
         raise Conflict(f"job {job_id}: too many concurrent creates", job_id=job_id)
+
+    def start_actor(
+        self, rec: JobRecord, rev: int, *, agg: ContentAggregator | None = None
+    ) -> ActorHandle:
+        """Run the actor of ``rec`` (at revision ``rev``) here: a new job, or one adopted from
+        a stopping replica with the content aggregated from its log (service/server/handoff.py).
+
+        Raises:
+            Unavailable: the replica is shutting down.
+        """
+        actor = StreamActor(
+            rec,
+            rev,
+            self.store,
+            inbox_size=self.s.inbox_size,
+            snapshot_interval=self.s.snapshot_interval,
+            completed_ttl=self.s.completed_ttl,
+            max_events=self.s.max_events_per_job,
+            on_end=lambda a: self.store.release_local(a.job_id),
+        )
+        if agg is not None:
+            actor.agg = agg
+        self.registry.start(actor)  # raises if closing; the task runs from the next tick
+        self.store.claim_local(rec.stream_id)
+        return actor.handle
 
     def _new_record(
         self,
