@@ -471,12 +471,17 @@ class Replica:
         ``ready`` is true while the replica takes work and NATS is connected; ``nats`` is
         ``connected | reconnecting | closed``; ``natsDownFor`` how long it has been away (s);
         ``natsLost`` whether it has been away longer than ``nats_lost_after``, after which
-        ``genjobs serve`` exits 3; ``jobs`` the running jobs owned here.
+        ``genjobs serve`` exits 3; ``overBudget`` whether it has been away longer than the
+        outage budget (``natsOutageBudget``, GENJOBS_PUBLISH_OUTAGE_BUDGET), after which its
+        jobs are failing: such a replica is not ready (the one place for that rule; ``serve
+        --http`` turns it into the ``outage`` check of ``/readyz``); ``jobs`` the running jobs
+        owned here.
         """
         state = self._nats_state()
         down = self._nats_down_since
         down_for = 0.0 if down is None else round(time.monotonic() - down, 3)
         started = self.started_at is not None and not self.stopped
+        budget = self.s.publish_outage_budget
         return {
             "ready": started and state == "connected",
             "replica": self.replica_id,
@@ -484,6 +489,8 @@ class Replica:
             "natsDownFor": down_for,
             "natsLost": self.nats_lost.is_set(),
             "natsLostAfter": self.s.nats_lost_after,
+            "natsOutageBudget": budget,
+            "overBudget": down_for > budget or self.nats_lost.is_set(),
             "stopping": self.stopped or self.registry.closing,
             "jobs": len(self.registry.actors()),
         }
