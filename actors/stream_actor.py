@@ -18,7 +18,7 @@ from typing import Any, assert_never
 
 import msgspec
 
-from actors.handle import ActorHandle
+from actors.handle import ActorHandle, ActorStats
 from actors.inbox import Inbox, InboxClosed
 from actors.messages import (
     Command,
@@ -51,13 +51,6 @@ _encode = msgspec.json.Encoder().encode
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-@dataclass
-class ActorStats:
-    published: int = 0
-    produced: int = 0
-    merged: int = 0
 
 
 @dataclass
