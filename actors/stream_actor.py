@@ -18,6 +18,7 @@ from typing import Any, assert_never
 
 import msgspec
 
+from actors.fences import read_tail, write_record
 from actors.handle import ActorHandle, ActorStats
 from actors.inbox import Inbox, InboxClosed
 from actors.messages import (
@@ -31,26 +32,22 @@ from actors.messages import (
     Release,
     Snapshot,
     UpdateMeta,
+    answer_when,
     reject,
     resolve,
 )
 from actors.outbox import Out, Outbox
 from actors.port import ActorPort
 from actors.snapshot import snapshot_of
-from actors.termination import Abort, Complete, Ending, Fail, Reason, claim_ended, terminate
+from actors.termination import Abort, Complete, Fail, claim_ended, terminate
 from schemas.api import AbortResult, CompletionResult, ResumeSnapshot
 from schemas.content.aggregator import ContentAggregator
 from schemas.errors import BadRequest, GenjobsError, JobEnded, OwnershipLost, StoreFailed
-from schemas.events import HDR_INDEX, HDR_KIND, HDR_WRITER, EventKind
-from schemas.job import JobRecord, JobStatus, apply_metadata, track_user_message
+from schemas.job import JobRecord, JobStatus, apply_metadata, now_ms, track_user_message
 
 log = logging.getLogger("genjobs.actor")
 
 _encode = msgspec.json.Encoder().encode
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
@@ -230,11 +227,7 @@ class StreamActor:
         if c.metadata:
             apply_metadata(self.rec, c.metadata)
             await self._persist()
-        items: list[Emit | dict[str, Any] | Complete | Fail] = [Emit(e, k) for e, k in c.events]
-        items.extend(c.usage)
-        if c.ending is not None:
-            items.append(c.ending)
-        fresh = items[self._ingested - first :]
+        fresh = c.items_from(self._ingested)
         terminal: Finish | None = None
         usage_added = False
         for item in fresh:
@@ -261,19 +254,9 @@ class StreamActor:
 
     def _reply_when(self, done: asyncio.Future[Any], reply: asyncio.Future[IngestOutcome]) -> None:
         """Answer an ingest batch once ``done`` (durability or the terminal write) settles."""
-
-        def settle(f: asyncio.Future[Any]) -> None:
-            if f.cancelled():
-                return
-            err = f.exception()
-            if err is not None:
-                reject(reply, err)
-                return
-            value = f.result()
-            seq = value.seq if isinstance(value, CompletionResult) else value
-            resolve(reply, IngestOutcome(self._ingested, seq, self.aborted.is_set()))
-
-        done.add_done_callback(settle)
+        answer_when(
+            done, reply, lambda seq: IngestOutcome(self._ingested, seq, self.aborted.is_set())
+        )
 
     def _enqueue(self, event: dict[str, Any], kind: str) -> None:
         self.stats.produced += 1
@@ -330,21 +313,7 @@ class StreamActor:
         self.rec.last_seq = self._last_seq
         self.rec.last_index = self._next_index - 1
         self.rec.ingest_next = self._ingested
-        try:
-            self.rev = await self.port.update_record(self.rec, self.rev, ttl=ttl)
-        except GenjobsError as e:
-            if e.code != "conflict":
-                raise
-            loaded = await self.port.load_record(self.job_id)
-            if (
-                loaded is None
-                or loaded[0].status.terminal
-                or loaded[0].owner != self.port.replica_id
-            ):
-                raise OwnershipLost(self.job_id, "record changed by another replica") from e
-            # Still ours (e.g. a retried write that landed): adopt the revision and retry once.
-            self.rev = loaded[1]
-            self.rev = await self.port.update_record(self.rec, self.rev, ttl=ttl)
+        self.rev = await write_record(self.port, self.rec, self.rev, ttl=ttl)
 
     # --- snapshot -------------------------------------------------------------------------
 
@@ -412,11 +381,7 @@ class StreamActor:
         """One job's failure ends that job with a terminal error, never the replica."""
         if self.rec.status.terminal:
             return
-        ending: Ending = (
-            Fail(str(err), Reason.BUDGET)
-            if isinstance(err, StoreFailed)
-            else Fail(f"internal error: {err}")
-        )
+        ending = Fail.after_crash(err)
         try:
             async with asyncio.timeout(10):
                 self._outbox.clear()
@@ -448,16 +413,14 @@ class StreamActor:
         Raises:
             OwnershipLost: the tail was written by another writer.
         """
-        tail = await self.port.subject_last(self.job_id)
+        tail = await read_tail(self.port, self.job_id)
         if tail is None:
             return False
-        seq, headers = tail
-        if headers.get(HDR_WRITER) != self.port.replica_id:
-            raise OwnershipLost(self.job_id, "another writer appended")
-        if headers.get(HDR_KIND) in (EventKind.FINAL, EventKind.ERROR):
+        if tail.terminal:
             return True
-        self._last_seq = seq
-        self._next_index = int(headers.get(HDR_INDEX, self._next_index - 1)) + 1
+        self._last_seq = tail.seq
+        if tail.index is not None:
+            self._next_index = tail.index + 1
         return False
 
     def _close(self) -> None:

@@ -7,9 +7,15 @@ defaults so older records still decode. The lifecycle's transitions live here an
 from __future__ import annotations
 
 import enum
+import time
 from typing import Any
 
 import msgspec
+
+
+def now_ms() -> int:
+    """The records' clock (``createdAt``, ``completedAt``): wall time in milliseconds."""
+    return int(time.time() * 1000)
 
 
 class JobStatus(enum.StrEnum):

@@ -39,7 +39,7 @@ from actors.termination import SHUTDOWN_MESSAGE, Fail
 from schemas.content.aggregator import ContentAggregator
 from schemas.errors import BadRequest, Conflict, GenjobsError, JobEnded, Unavailable
 from schemas.ids import check_id, check_optional_id
-from schemas.job import JobRecord, JobStatus
+from schemas.job import JobRecord, JobStatus, now_ms
 from service.client.presence import AllLeftCallback, PresenceTracker
 from service.client.producer import JobHandle
 from service.config import Settings
@@ -54,7 +54,7 @@ from service.server.reads import Reads, authorize, idempotent_job_id
 from service.server.replies import send_error
 from service.server.resume import Resumes
 from service.server.rpc import OwnerRpc
-from service.server.takeover import Takeover, now_ms
+from service.server.takeover import Takeover
 
 log = logging.getLogger("genjobs.replica")
 
