@@ -87,7 +87,7 @@ async def _start_replica(
 
 async def _serve(settings: Settings, connect_wait: float, hs: HttpSettings | None = None) -> int:
     from service.server.api import ServiceApi
-    from service.server.replica import close_connection
+    from service.server.connection import close_connection
 
     assert settings.nats_url is not None
     stop = asyncio.Event()
