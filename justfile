@@ -45,10 +45,12 @@ bench-compare BEFORE AFTER *ARGS:
 bench-smoke:
     {{py}} -m bench.run --smoke
 
-# redis-server for the Redis-style baseline (Debian package).
+# The baselines: redis-server (Debian package) and redis-py, rakaia-streams and uvicorn (the
+# `bench` extra), and the Node reference server (`npm ci` from package-lock.json).
 bench-deps:
     command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
     {{py}} -m pip install -q -e '.[bench]'
+    npm ci --no-audit --no-fund
 
 # Debian's chromium for the browser tests (tests/http/test_browser.py drives it with Playwright's
 # Python API at /usr/bin/chromium; Playwright's own browser download is never used).
@@ -78,3 +80,11 @@ bench-stack *ARGS:
 [positional-arguments]
 conformance *ARGS:
     {{py}} conformance/run.py "$@"
+
+# The containers, built and run here (docs/deploy.md): installs docker.io, docker-compose and
+# debootstrap with apt if missing, starts dockerd if none runs (and stops it after), builds the
+# base and project images, runs compose.yaml, restarts each replica, kills a NATS node,
+# restarts the gateway while remote producers stream and SSE and NATS readers follow, checks
+# nothing was lost, duplicated or interrupted, tears down, prints figures. Needs root.
+containers *ARGS:
+    {{py}} -m tests.containers.run {{ARGS}}

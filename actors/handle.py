@@ -10,16 +10,65 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from actors.inbox import InboxClosed
-from actors.messages import Emit, Finish, Flush, Ingest, RecordUsage, Snapshot, UpdateMeta
+from actors.inbox import Inbox, InboxClosed
+from actors.messages import (
+    Command,
+    Emit,
+    Finish,
+    Flush,
+    Ingest,
+    RecordUsage,
+    Release,
+    Snapshot,
+    UpdateMeta,
+)
 from actors.termination import Abort, Ending
 from schemas.api import AbortResult, CompletionResult, ResumeSnapshot
 from schemas.job import JobRecord, JobStatus
 
-if TYPE_CHECKING:
-    from actors.stream_actor import ActorStats, StreamActor
+
+@dataclass
+class ActorStats:
+    """An actor's counters (``ActorHandle.stats``)."""
+
+    published: int = 0
+    produced: int = 0
+    merged: int = 0
+
+
+class Actor(Protocol):
+    """What the handle reaches of its actor (``actors.stream_actor.StreamActor``): named here
+    so that the handle does not import the actor, which imports the handle."""
+
+    remote: bool
+    on_end: Callable[[Any], None] | None
+    """Called with the actor once it has ended (the actor's own type: hence ``Any`` here)."""
+
+    @property
+    def rec(self) -> JobRecord: ...
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def aborted(self) -> asyncio.Event: ...
+    @property
+    def ended(self) -> asyncio.Event: ...
+    @property
+    def accepting(self) -> bool: ...
+    @property
+    def inbox(self) -> Inbox[Command]: ...
+    @property
+    def ingested(self) -> int: ...
+    @property
+    def last_seq(self) -> int: ...
+    @property
+    def stats(self) -> ActorStats: ...
+    def snapshot(self) -> ResumeSnapshot: ...
+    def request(self, cmd: Command) -> None: ...
+    def signal_abort(self) -> None: ...
+    def bind_producer(self, task: asyncio.Task[Any]) -> None: ...
 
 
 class ActorHandle:
@@ -27,7 +76,7 @@ class ActorHandle:
 
     __slots__ = ("_actor",)
 
-    def __init__(self, actor: StreamActor) -> None:
+    def __init__(self, actor: Actor) -> None:
         self._actor = actor
 
     # --- reads (the actor's current values; never assign through them) ----------------------
@@ -154,6 +203,26 @@ class ActorHandle:
         """Cancel ``task`` when the job is aborted."""
         self._actor.bind_producer(task)
 
+    @property
+    def remote(self) -> bool:
+        """Its producer is remote (``api.create`` + ingest), so the job may be handed off."""
+        return self._actor.remote
+
+    def mark_remote(self) -> None:
+        self._actor.remote = True
+
+    def release(self, owner: str) -> asyncio.Future[tuple[JobRecord, int]]:
+        """Hand the job to replica ``owner`` (service/server/handoff.py): the future gets the
+        record naming it and its revision once everything queued is stored; the actor then
+        ends without a terminal event.
+
+        Raises:
+            JobEnded: the actor takes no more messages.
+        """
+        fut: asyncio.Future[tuple[JobRecord, int]] = self._future()
+        self._actor.request(Release(owner, fut))
+        return fut
+
     def stop_producer(self) -> None:
         """The producer's signal to stop generating (the replica's shutdown)."""
         self._actor.signal_abort()
@@ -185,7 +254,7 @@ class ActorHandle:
             return
         previous = self._actor.on_end
 
-        def ended(a: StreamActor) -> None:
+        def ended(a: Any) -> None:
             if previous is not None:
                 previous(a)
             callback(self)

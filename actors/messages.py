@@ -10,11 +10,13 @@ caller hangs.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from actors.termination import Complete, Ending, Fail
 from schemas.api import AbortResult, CompletionResult, ResumeSnapshot
+from schemas.job import JobRecord
 
 
 @dataclass(slots=True)
@@ -88,8 +90,28 @@ class Ingest:
     def span(self) -> int:
         return len(self.events) + len(self.usage) + (0 if self.ending is None else 1)
 
+    def items_from(self, index: int) -> list[Emit | dict[str, Any] | Complete | Fail]:
+        """The batch's items at producer indices ``index``... in order (events, usage
+        records, ending): those before ``index`` the actor has taken already."""
+        first = index if self.first_index is None else self.first_index
+        items: list[Emit | dict[str, Any] | Complete | Fail] = [Emit(e, k) for e, k in self.events]
+        items.extend(self.usage)
+        if self.ending is not None:
+            items.append(self.ending)
+        return items[index - first :]
 
-Command = Emit | Flush | Snapshot | UpdateMeta | RecordUsage | Finish | Ingest
+
+@dataclass(slots=True)
+class Release:
+    """Hand the job to replica ``owner`` (service/server/handoff.py): publish what is queued,
+    write the record with the new owner (revision-checked), then end this actor without a
+    terminal event. ``fut`` gets the record and its revision as written."""
+
+    owner: str
+    fut: asyncio.Future[tuple[JobRecord, int]]
+
+
+Command = Emit | Flush | Snapshot | UpdateMeta | RecordUsage | Finish | Ingest | Release
 
 
 def resolve(fut: asyncio.Future[Any], value: Any) -> None:
@@ -100,3 +122,24 @@ def resolve(fut: asyncio.Future[Any], value: Any) -> None:
 def reject(fut: asyncio.Future[Any], err: BaseException) -> None:
     if not fut.done():
         fut.set_exception(err)
+
+
+def answer_when(
+    done: asyncio.Future[Any],
+    reply: asyncio.Future[IngestOutcome],
+    outcome: Callable[[int | None], IngestOutcome],
+) -> None:
+    """Answer an ingest batch once ``done`` (a durability barrier's seq, or the terminal
+    write's ``CompletionResult``) settles: ``outcome(seq)`` as it is then, or its error."""
+
+    def settle(f: asyncio.Future[Any]) -> None:
+        if f.cancelled():
+            return
+        err = f.exception()
+        if err is not None:
+            reject(reply, err)
+            return
+        value = f.result()
+        resolve(reply, outcome(value.seq if isinstance(value, CompletionResult) else value))
+
+    done.add_done_callback(settle)

@@ -18,7 +18,8 @@ from typing import Any, assert_never
 
 import msgspec
 
-from actors.handle import ActorHandle
+from actors.fences import read_tail, write_record
+from actors.handle import ActorHandle, ActorStats
 from actors.inbox import Inbox, InboxClosed
 from actors.messages import (
     Command,
@@ -28,35 +29,25 @@ from actors.messages import (
     Ingest,
     IngestOutcome,
     RecordUsage,
+    Release,
     Snapshot,
     UpdateMeta,
+    answer_when,
     reject,
     resolve,
 )
 from actors.outbox import Out, Outbox
 from actors.port import ActorPort
 from actors.snapshot import snapshot_of
-from actors.termination import Abort, Complete, Ending, Fail, Reason, claim_ended, terminate
+from actors.termination import Abort, Complete, Fail, claim_ended, terminate
 from schemas.api import AbortResult, CompletionResult, ResumeSnapshot
 from schemas.content.aggregator import ContentAggregator
 from schemas.errors import BadRequest, GenjobsError, JobEnded, OwnershipLost, StoreFailed
-from schemas.events import HDR_INDEX, HDR_KIND, HDR_WRITER, EventKind
-from schemas.job import JobRecord, JobStatus, apply_metadata, track_user_message
+from schemas.job import JobRecord, JobStatus, apply_metadata, now_ms, track_user_message
 
 log = logging.getLogger("genjobs.actor")
 
 _encode = msgspec.json.Encoder().encode
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-@dataclass
-class ActorStats:
-    published: int = 0
-    produced: int = 0
-    merged: int = 0
 
 
 @dataclass
@@ -70,6 +61,9 @@ class StreamActor:
     max_events: int = 200_000
     """Per-job cap; the last slot is kept for the terminal event so a capped job still ends."""
     on_end: Callable[[StreamActor], None] | None = None
+    remote: bool = False
+    """Its producer is remote (``api.create`` + ingest): the job can move to another replica
+    when this one stops (service/server/handoff.py); an in-process producer cannot."""
     # state -------------------------------------------------------------------------------
     inbox: Inbox[Command] = field(init=False)
     aborted: asyncio.Event = field(init=False, default_factory=asyncio.Event)
@@ -93,7 +87,10 @@ class StreamActor:
         self._snapshot_due = time.monotonic() + self.snapshot_interval
         self._producer_tasks: set[asyncio.Task[Any]] = set()
         self._acked = 0  # producer events whose (possibly merged) message is acknowledged
-        self._ingested = 0  # next producer index a remote producer's batch must start at
+        self._ingested = self.rec.ingest_next  # next index a remote producer's batch starts at
+        self._release: Release | None = None
+        self.released = False
+        """Ended by a handoff: the job runs on, on another replica (no terminal event here)."""
 
     @property
     def job_id(self) -> str:
@@ -156,7 +153,7 @@ class StreamActor:
 
     async def _main(self) -> None:
         while True:
-            if not self._outbox and self._finish is None:
+            if not self._outbox and self._finish is None and self._release is None:
                 timeout = self._idle_timeout()
                 if await self.inbox.wait(timeout):
                     await self._absorb(self.inbox.take_all())
@@ -165,6 +162,9 @@ class StreamActor:
                 await self._absorb(self.inbox.take_all())
             if self._finish is not None:
                 await self._do_finish(self._finish)
+                return
+            if self._release is not None:
+                await self._do_release(self._release)
                 return
             if self._dirty and time.monotonic() >= self._snapshot_due:
                 await self._write_snapshot()
@@ -188,12 +188,18 @@ class StreamActor:
                 case Ingest():
                     await self._ingest(c)
                 case Finish():
-                    if self._finish is None:
+                    if self._finish is None and self._release is None:
                         self._finish = c
                         self.accepting = False
                     else:
                         self._late.append(c)
-                case UpdateMeta() | RecordUsage() if self._finish is not None:
+                case Release():
+                    if self._finish is None and self._release is None:
+                        self._release = c
+                        self.accepting = False
+                    else:
+                        reject(c.fut, JobEnded(self.job_id, "finishing"))
+                case UpdateMeta() | RecordUsage() if self._finish or self._release is not None:
                     reject(c.fut, JobEnded(self.job_id, "finishing"))
                 case UpdateMeta():
                     await self._apply_meta(c)
@@ -205,6 +211,10 @@ class StreamActor:
                     assert_never(c)
 
     async def _ingest(self, c: Ingest) -> None:
+        if self._release is not None:
+            # Being handed off: the new owner answers the producer's resend of this batch.
+            reject(c.fut, JobEnded(self.job_id, "handed off"))
+            return
         if self._finish is not None or self.rec.status.terminal:
             outcome = IngestOutcome(self._ingested, None, self.aborted.is_set(), ended=True)
             resolve(c.fut, outcome)
@@ -217,11 +227,7 @@ class StreamActor:
         if c.metadata:
             apply_metadata(self.rec, c.metadata)
             await self._persist()
-        items: list[Emit | dict[str, Any] | Complete | Fail] = [Emit(e, k) for e, k in c.events]
-        items.extend(c.usage)
-        if c.ending is not None:
-            items.append(c.ending)
-        fresh = items[self._ingested - first :]
+        fresh = c.items_from(self._ingested)
         terminal: Finish | None = None
         usage_added = False
         for item in fresh:
@@ -248,19 +254,9 @@ class StreamActor:
 
     def _reply_when(self, done: asyncio.Future[Any], reply: asyncio.Future[IngestOutcome]) -> None:
         """Answer an ingest batch once ``done`` (durability or the terminal write) settles."""
-
-        def settle(f: asyncio.Future[Any]) -> None:
-            if f.cancelled():
-                return
-            err = f.exception()
-            if err is not None:
-                reject(reply, err)
-                return
-            value = f.result()
-            seq = value.seq if isinstance(value, CompletionResult) else value
-            resolve(reply, IngestOutcome(self._ingested, seq, self.aborted.is_set()))
-
-        done.add_done_callback(settle)
+        answer_when(
+            done, reply, lambda seq: IngestOutcome(self._ingested, seq, self.aborted.is_set())
+        )
 
     def _enqueue(self, event: dict[str, Any], kind: str) -> None:
         self.stats.produced += 1
@@ -316,21 +312,8 @@ class StreamActor:
     async def _persist(self, *, ttl: float | None = None) -> None:
         self.rec.last_seq = self._last_seq
         self.rec.last_index = self._next_index - 1
-        try:
-            self.rev = await self.port.update_record(self.rec, self.rev, ttl=ttl)
-        except GenjobsError as e:
-            if e.code != "conflict":
-                raise
-            loaded = await self.port.load_record(self.job_id)
-            if (
-                loaded is None
-                or loaded[0].status.terminal
-                or loaded[0].owner != self.port.replica_id
-            ):
-                raise OwnershipLost(self.job_id, "record changed by another replica") from e
-            # Still ours (e.g. a retried write that landed): adopt the revision and retry once.
-            self.rev = loaded[1]
-            self.rev = await self.port.update_record(self.rec, self.rev, ttl=ttl)
+        self.rec.ingest_next = self._ingested
+        self.rev = await write_record(self.port, self.rec, self.rev, ttl=ttl)
 
     # --- snapshot -------------------------------------------------------------------------
 
@@ -348,6 +331,22 @@ class StreamActor:
             log.warning("job %s: snapshot not written (retried later): %r", self.job_id, e)
             return
         self._dirty = False
+
+    # --- handoff --------------------------------------------------------------------------
+
+    async def _do_release(self, c: Release) -> None:
+        """Everything queued is published and acknowledged (``_main`` drained it): write the
+        record naming the new owner, fenced by its revision, and stop without a terminal event.
+        The new owner continues from the log's tail (the subject fence) and this record."""
+        await self._write_snapshot()
+        previous, self.rec.owner = self.rec.owner, c.owner
+        try:
+            await self._persist()
+        except BaseException:
+            self.rec.owner = previous  # still ours: a failure path ends it as before
+            raise
+        self.released = True
+        resolve(c.fut, (self.rec, self.rev))
 
     # --- terminal (decided by actors.termination) -------------------------------------------
 
@@ -382,11 +381,7 @@ class StreamActor:
         """One job's failure ends that job with a terminal error, never the replica."""
         if self.rec.status.terminal:
             return
-        ending: Ending = (
-            Fail(str(err), Reason.BUDGET)
-            if isinstance(err, StoreFailed)
-            else Fail(f"internal error: {err}")
-        )
+        ending = Fail.after_crash(err)
         try:
             async with asyncio.timeout(10):
                 self._outbox.clear()
@@ -418,16 +413,14 @@ class StreamActor:
         Raises:
             OwnershipLost: the tail was written by another writer.
         """
-        tail = await self.port.subject_last(self.job_id)
+        tail = await read_tail(self.port, self.job_id)
         if tail is None:
             return False
-        seq, headers = tail
-        if headers.get(HDR_WRITER) != self.port.replica_id:
-            raise OwnershipLost(self.job_id, "another writer appended")
-        if headers.get(HDR_KIND) in (EventKind.FINAL, EventKind.ERROR):
+        if tail.terminal:
             return True
-        self._last_seq = seq
-        self._next_index = int(headers.get(HDR_INDEX, self._next_index - 1)) + 1
+        self._last_seq = tail.seq
+        if tail.index is not None:
+            self._next_index = tail.index + 1
         return False
 
     def _close(self) -> None:
@@ -446,6 +439,8 @@ class StreamActor:
         for _, fut in self._barriers:
             reject(fut, err)
         self._barriers.clear()
+        if self._release is not None:
+            reject(self._release.fut, err)
         if self.on_end is not None:
             self.on_end(self)
 

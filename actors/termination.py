@@ -28,6 +28,7 @@ import msgspec
 
 from schemas.api import AbortResult, CompletionResult
 from schemas.content.aggregator import parse_text_parts as parse_text
+from schemas.errors import StoreFailed
 from schemas.events import EventKind, abort_final_event, error_event
 from schemas.job import JobRecord, JobStatus, transition
 
@@ -87,6 +88,14 @@ class Fail:
     @classmethod
     def shutdown(cls) -> Fail:
         return cls(SHUTDOWN_MESSAGE, Reason.SHUTDOWN)
+
+    @classmethod
+    def after_crash(cls, err: Exception) -> Fail:
+        """The end of a job whose actor failed: the outage budget or event cap spent
+        (``StoreFailed``), else an internal error."""
+        if isinstance(err, StoreFailed):
+            return cls(str(err), Reason.BUDGET)
+        return cls(f"internal error: {err}")
 
 
 @dataclass(frozen=True, slots=True)

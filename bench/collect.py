@@ -273,3 +273,115 @@ def sse(raw: dict[str, Any], params: dict[str, Any], ds_reason: str | None) -> d
             continue
         out[key] = figure([a["median"] / b["median"]], params={"how": how})
     return out
+
+
+def streams(raw: dict[str, Any]) -> dict[str, Any]:
+    """Section 8 (bench/streams.py): rates, catch-up and SSE per system; genjobs' ratios
+    (above 1: genjobs is faster) per round or block, against each peer."""
+    from bench.figures import DS_GENJOBS, DS_PEERS, DS_SYSTEMS
+
+    keys = [k for k in SPECS if k.startswith("streams.")]
+    if "error" in raw:
+        return {k: error(raw["error"]) for k in keys}
+    skipped_systems: dict[str, str] = raw.get("skipped", {})
+    out: dict[str, Any] = {}
+
+    def unavailable(*systems: str) -> dict[str, Any] | None:
+        for system in systems:
+            reason = skipped_systems.get(system)
+            if reason is not None:
+                return error(reason) if reason.startswith("error:") else skipped(reason)
+        return None
+
+    def ratio_figures(kind: str, pairs: list[dict[str, float]], how: str, faster: str) -> None:
+        """``pairs``: per round/block, a value per system; ``faster`` "higher" or "lower"."""
+        for g in DS_GENJOBS:
+            for peer in DS_PEERS:
+                key = f"streams.{kind}.ratio.{g}.vs_{peer}"
+                vals = [
+                    (p[g] / p[peer] if faster == "higher" else p[peer] / p[g])
+                    for p in pairs
+                    if p.get(g) and p.get(peer)
+                ]
+                out[key] = unavailable(peer, g) or (
+                    figure(vals, params={"how": how}) if vals else error("not measured")
+                )
+
+    # append: one figure per system and shape; ratios per round
+    rounds: list[dict[str, Any]] = raw.get("append", [])
+    for size in ("50b", "1kb"):
+        for w in (1, 100):
+            shape = f"{size}.{w}w"
+            for system in DS_SYSTEMS:
+                key = f"streams.append.{shape}.{system}.rate"
+                got = [r[f"{shape}.{system}"] for r in rounds if f"{shape}.{system}" in r]
+                runs, err = _runs_ok(got)
+                p: dict[str, Any] = {"writers": w, "size": size}
+                if runs:
+                    p["p99_ms"] = round(max(r["p99_ms"] for r in runs), 2)
+                    for proc in runs[0]["cpu_pct"]:
+                        p[f"{proc}_cpu_pct"] = max(r["cpu_pct"][proc] for r in runs)
+                out[key] = unavailable(system) or (
+                    error(err or "not run")
+                    if err or not runs
+                    else figure([r["rate"] for r in runs], params=p)
+                )
+            pairs = [
+                {s: r[f"{shape}.{s}"].get("rate", 0.0) for s in DS_SYSTEMS if f"{shape}.{s}" in r}
+                for r in rounds
+            ]
+            ratio_figures(f"append.{shape}", pairs, "per round, appends/s over appends/s", "higher")
+    # catch-up: ms per full read, median per block; ratios block by block
+    catchup: dict[str, Any] = raw.get("catchup", {})
+    medians: dict[str, list[float]] = {}
+    for system in DS_SYSTEMS:
+        key = f"streams.catchup.{system}.ms"
+        c = catchup.get(system)
+        if unavailable(system) or c is None:
+            out[key] = unavailable(system) or error("not run")
+            continue
+        if "error" in c["fill"]:
+            out[key] = error(c["fill"]["error"])
+            continue
+        blocks, err = _runs_ok(c["blocks"])
+        if err or not blocks:
+            out[key] = error(err or "not run")
+            continue
+        medians[system] = [sorted(b["ms"])[len(b["ms"]) // 2] for b in blocks]
+        out[key] = figure(
+            medians[system],
+            params={
+                "messages": blocks[0]["messages"],
+                "requests_per_read": blocks[0]["requests"],
+                "fill_s": round(c["fill"]["seconds"], 2),
+                "how": "median of each block's reads",
+            },
+        )
+    n_blocks = max((len(v) for v in medians.values()), default=0)
+    pairs = [{s: v[b] for s, v in medians.items() if b < len(v)} for b in range(n_blocks)]
+    ratio_figures("catchup", pairs, "per block, peer ms over genjobs ms", "lower")
+    # SSE: p50/p99 over every run's thirds; ratios of each round's pooled percentiles
+    sse_rounds: list[dict[str, Any]] = raw.get("sse", [])
+    for system in DS_SYSTEMS:
+        runs, err = _runs_ok([r[system] for r in sse_rounds if system in r])
+        for q in ("p50", "p99"):
+            key = f"streams.sse.{system}.{q}_ms"
+            if unavailable(system) or err or not runs:
+                out[key] = unavailable(system) or error(err or "not run")
+                continue
+            p = {
+                "readers": runs[0]["readers"],
+                "streams": runs[0]["streams"],
+                "deliveries": sum(r["deliveries"] for r in runs),
+                "writer_appends_per_s": round(min(r["writer"]["rate"] for r in runs), 1),
+                f"{q}_pooled_ms": [round(r[f"{q}_ms_all"], 2) for r in runs],
+                "server_cpu_pct": max(r["cpu_pct"].get("server", 0.0) for r in runs),
+                "spread": "each run cut in three by emit time",
+            }
+            out[key] = figure([x for r in runs for x in r[f"{q}_ms"]], params=p)
+    for q in ("p50", "p99"):
+        pairs = [
+            {s: v[f"{q}_ms_all"] for s, v in r.items() if "error" not in v} for r in sse_rounds
+        ]
+        ratio_figures(f"sse.{q}", pairs, f"per round, peer pooled {q} over genjobs'", "lower")
+    return out

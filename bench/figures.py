@@ -14,6 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 SIZES = (100, 1000, 10000)
+DS_GENJOBS = ("genjobs", "genjobs_r3")
+DS_PEERS = ("ref_memory", "ref_file", "rakaia")
+DS_SYSTEMS = DS_GENJOBS + DS_PEERS
+DS_LABELS = {
+    "genjobs": "genjobs R1",
+    "genjobs_r3": "genjobs R3 (3-node cluster)",
+    "ref_memory": "reference (Node), memory",
+    "ref_file": "reference (Node), file store",
+    "rakaia": "rakaia-streams (Python)",
+}
 ANSWER_STATES = (
     "running",
     "complete",
@@ -40,6 +50,7 @@ class Spec:
     unit: str
     redis: bool = False  # skipped, not failed, when the Redis baseline cannot run
     node: bool = False  # skipped, not failed, when the Durable Streams reference cannot run
+    needs: str = ""  # a Durable Streams peer: skipped, not failed, when it cannot run here
 
 
 def _ingest() -> list[Spec]:
@@ -89,7 +100,7 @@ def _resume() -> list[Spec]:
 
 
 def _sse() -> list[Spec]:
-    sec = "8. SSE fan-out"
+    sec = "9. SSE fan-out"
     out = []
     for n in SSE_CLIENTS:
         for system, name in SSE_SYSTEMS:
@@ -160,6 +171,42 @@ def _sse() -> list[Spec]:
     return out
 
 
+def _streams() -> list[Spec]:
+    """Section 8: the Durable Streams protocol, genjobs beside the peers (bench/streams.py).
+
+    Ratios are genjobs' advantage (above 1: genjobs is faster), for genjobs on one
+    nats-server (R1) and on a 3-node cluster with every message replicated (R3)."""
+    sec = "8. Durable Streams"
+    out = []
+
+    def ratios(kind: str, what: str, how: str) -> None:
+        for g in DS_GENJOBS:
+            for peer in DS_PEERS:
+                key = f"streams.{kind}.ratio.{g}.vs_{peer}"
+                label = f"{DS_LABELS[g]} vs {DS_LABELS[peer]}: {what} ({how})"
+                out.append(Spec(key, sec, label, "x", needs=peer))
+
+    for size, size_label in (("50b", "50 B"), ("1kb", "1 KB")):
+        for w in (1, 100):
+            what = f"append {size_label}, {w} writer{'s' if w > 1 else ''}"
+            for system in DS_SYSTEMS:
+                key = f"streams.append.{size}.{w}w.{system}.rate"
+                label = f"{DS_LABELS[system]}: {what}"
+                out.append(Spec(key, sec, label, "appends/s", needs=system))
+            ratios(f"append.{size}.{w}w", what, "rate ratio")
+    for system in DS_SYSTEMS:
+        label = f"{DS_LABELS[system]}: catch-up read of a stream"
+        out.append(Spec(f"streams.catchup.{system}.ms", sec, label, "ms", needs=system))
+    ratios("catchup", "catch-up", "time ratio")
+    for system in DS_SYSTEMS:
+        for q in ("p50", "p99"):
+            label = f"{DS_LABELS[system]}: SSE live delivery: {q}"
+            out.append(Spec(f"streams.sse.{system}.{q}_ms", sec, label, "ms", needs=system))
+    for q in ("p50", "p99"):
+        ratios(f"sse.{q}", f"SSE delivery {q}", "latency ratio")
+    return out
+
+
 CATALOGUE: list[Spec] = [
     *_ingest(),
     *_resume(),
@@ -202,6 +249,7 @@ CATALOGUE: list[Spec] = [
         "events/s",
     ),
     Spec("aggregator.coalesce.events_per_s", "7. Aggregator", "coalescing", "events/s"),
+    *_streams(),
     *_sse(),
 ]
 SPECS = {s.key: s for s in CATALOGUE}
@@ -308,6 +356,20 @@ TARGETS: list[Target] = [
         ">= 1x at 2,000 clients",
     ),
     Target("SSE vs reference p99", ("sse.vs_ds.2000.p99_x",), _le(1), "<= 1x at 2,000 clients"),
+    *(
+        Target(
+            f"{DS_LABELS[g]} vs {DS_LABELS[peer]}",
+            tuple(
+                s.key
+                for s in CATALOGUE
+                if s.key.startswith("streams.") and s.key.endswith(f".ratio.{g}.vs_{peer}")
+            ),
+            _ge(1),
+            "faster on every Durable Streams figure",
+        )
+        for g in DS_GENJOBS
+        for peer in DS_PEERS
+    ),
 ]
 
 

@@ -11,8 +11,10 @@ parent can also read the servers' CPU while a child process measures itself.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.metadata
+import logging
 import os
 import platform
 import shutil
@@ -176,6 +178,78 @@ class NatsServer:
 
     def stop(self) -> None:
         self._srv.stop()
+        self._dir.cleanup()
+
+
+class NatsCluster:
+    """Three nats-servers routed to each other on loopback, the repo's ``nats.conf`` each: a
+    JetStream cluster, so genjobs can be measured with its data replicated (R3) as well.
+
+    ``start`` returns once the cluster has a JetStream meta leader (it answers account info).
+    """
+
+    NAME = "genjobs-bench"
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="genjobs-bench-cluster-")
+        self.ports = [_free_port() for _ in range(3)]
+        cports = [_free_port() for _ in range(3)]
+        self._nodes = []
+        for i in range(3):
+            routes = ",".join(f"nats://127.0.0.1:{p}" for j, p in enumerate(cports) if j != i)
+            args = ["--cluster", f"nats://127.0.0.1:{cports[i]}", "--cluster_name", self.NAME]
+            args += ["--routes", routes]
+            store = Path(self._dir.name) / f"n{i}"
+            name = f"bench-c{i}"
+            self._nodes.append(
+                EmbeddedServer(store, port=self.ports[i], extra_args=args, name=name)
+            )
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"nats://127.0.0.1:{p}" for p in self.ports]
+
+    @property
+    def pids(self) -> list[int]:
+        return [n.pid for n in self._nodes if n.pid is not None]
+
+    def start(self, timeout: float = 60.0) -> str:
+        """Start the three nodes; returns the comma-separated URL list a client takes.
+
+        Raises: EmbeddedServerError (a node did not start), TimeoutError (no meta leader).
+        """
+        # Until all three listen, each logs that its routes are refused: expected, not news.
+        server_log = logging.getLogger("genjobs.nats-server")
+        level = server_log.level
+        server_log.setLevel(logging.ERROR + 1)
+        try:
+            for node in self._nodes:
+                node.start()
+            asyncio.run(self._wait_jetstream(timeout))
+        finally:
+            server_log.setLevel(level)
+        return ",".join(self.urls)
+
+    async def _wait_jetstream(self, timeout: float) -> None:
+        import nats
+        from nats.js.errors import APIError
+
+        nc = await nats.connect(self.urls, name="bench-cluster-wait")
+        try:
+            js = nc.jetstream(timeout=2.0)
+            async with asyncio.timeout(timeout):
+                while True:
+                    try:
+                        await js.account_info()
+                        return
+                    except (APIError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                        await asyncio.sleep(0.2)  # no event exists for "meta leader elected"
+        finally:
+            await nc.close()
+
+    def stop(self) -> None:
+        for node in self._nodes:  # kill: a clustered server's orderly stop waits for peers
+            node.kill()
         self._dir.cleanup()
 
 

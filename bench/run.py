@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench import collect, report
+from bench import collect, report, streams
 from bench.durable_ref import durable_ref_missing, durable_ref_versions
 from bench.figures import KEYS, SPECS, evaluate, skipped
 from bench.infra import (
@@ -52,6 +52,7 @@ SECTIONS = (
     "delivery",
     "aggregator",
     "sse",
+    "streams",
 )
 
 FULL: dict[str, dict[str, Any]] = {
@@ -80,6 +81,7 @@ FULL: dict[str, dict[str, Any]] = {
         "resume_samples": 50,
         "resume_blocks": 3,
     },
+    "streams": streams.FULL,
 }
 
 SMOKE: dict[str, dict[str, Any]] = {
@@ -108,6 +110,7 @@ SMOKE: dict[str, dict[str, Any]] = {
         "resume_samples": 3,
         "resume_blocks": 3,
     },
+    "streams": streams.SMOKE,
 }
 
 TIMEOUTS = {"full": 300.0, "smoke": 30.0}
@@ -115,9 +118,15 @@ TIMEOUTS = {"full": 300.0, "smoke": 30.0}
 
 class Bench:
     def __init__(
-        self, plan: dict[str, dict[str, Any]], smoke: bool, work: Path, gc_mode: str = "default"
+        self,
+        plan: dict[str, dict[str, Any]],
+        smoke: bool,
+        work: Path,
+        gc_mode: str = "default",
+        guard: Guard | None = None,
     ) -> None:
         self.plan = plan
+        self.guard = guard
         self.gc_mode = gc_mode
         self.smoke = smoke
         self.work = work
@@ -247,6 +256,19 @@ class Bench:
 
         return SseSection(self, self.ds_reason).run()
 
+    def streams(self) -> dict[str, Any]:
+        """Durable Streams: genjobs' gateway beside the reference server and rakaia."""
+        assert self.guard is not None
+        section = streams.Section(
+            self.plan["streams"],
+            self.work,
+            self.guard,
+            nats_url=self.nats.url,
+            nats_pid=self.nats.pid,
+            timeout=self.timeout,
+        )
+        return section.run()
+
     def _say(self, what: str, result: dict[str, Any], key: str) -> None:
         value = result.get(key) if key != "p99" else result.get("readers", {}).get("p99_ms_all")
         text = f"{value:,.0f}" if isinstance(value, float) else result.get("error", "")
@@ -294,6 +316,8 @@ class Bench:
             figs.update(collect.aggregator(sec["aggregator"]))
         if "sse" in sec:
             figs.update(collect.sse(sec["sse"], self.plan["sse"], self.ds_reason))
+        if "streams" in sec:
+            figs.update(collect.streams(sec["streams"]))
         for key in KEYS:
             if key not in figs:
                 figs[key] = skipped("section not selected (--only)")
@@ -342,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: load average {load0} - other work is running; figures will be noisier")
     guard = Guard(deadline=1800 if not args.smoke else 120)
     with tempfile.TemporaryDirectory(prefix="genjobs-bench-") as work:
-        bench = Bench(plan, args.smoke, Path(work), args.gc)
+        bench = Bench(plan, args.smoke, Path(work), args.gc, guard)
         try:
             bench.nats.start()
             guard.watch(bench.nats.pid)

@@ -7,9 +7,15 @@ defaults so older records still decode. The lifecycle's transitions live here an
 from __future__ import annotations
 
 import enum
+import time
 from typing import Any
 
 import msgspec
+
+
+def now_ms() -> int:
+    """The records' clock (``createdAt``, ``completedAt``): wall time in milliseconds."""
+    return int(time.time() * 1000)
 
 
 class JobStatus(enum.StrEnum):
@@ -95,6 +101,10 @@ class JobRecord(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"
     usage_claimed: bool
     usage_claimed_by: str | None = None
     aborted_by: str | None = None
+    ingest_next: int = 0
+    """The next producer index a remote producer's ingest batch starts at (docs/protocol.md):
+    kept in the record so that a replica adopting the job (service/server/handoff.py) recognises
+    resent batches exactly as the previous owner would."""
 
     @property
     def job_id(self) -> str:

@@ -64,6 +64,10 @@ class Settings:
     """Durable reader sessions unused this long are removed by the server."""
     session_ack_wait: float = 30.0
     shutdown_grace: float = 10.0
+    handoff_timeout: float = 5.0
+    """A stopping replica hands each running remote-producer job to another live replica and
+    waits this long for it to adopt the job (service/server/handoff.py); 0 turns handoff off
+    (those jobs then end with "interrupted", like jobs of in-process producers)."""
     request_timeout: float = 5.0
     nats_lost_exit: float = 0.0
     """``genjobs serve`` exits 3 after NATS has been unreachable this long (0: the outage budget

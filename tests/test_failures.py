@@ -63,7 +63,7 @@ async def test_a_job_being_created_is_not_swept_as_orphan(settings: Settings) ->
     async with running_replica(settings) as r:
         # The record exists before the actor does: a sweep in between must leave it alone.
         r.registry.reserved.add("in-creation")
-        rec = r._new_record("in-creation", "u1", None, None, None)
+        rec = r.creation.new_record("in-creation", "u1", None, None, None)
         await r.store.create_record(rec)
         assert await r.liveness.sweep(r.ops) == 0
         r.registry.reserved.discard("in-creation")  # creation "failed" before the actor started

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import Settings
 from service.http.app import HEARTBEATS_KEY, HUB_KEY, METRICS_KEY, GatewayServer, build_app
-from service.http.health import ConnectionWatch
+from service.http.health import ConnectionWatch, replica_readiness
 from service.nats.embedded import EmbeddedServer
 
 from .conftest import REPO
@@ -76,8 +76,8 @@ async def test_readyz_flips_when_nats_goes_away_and_comes_back(
     settings: Settings, tmp_path: Path
 ) -> None:
     """The gateway in a replica (as `serve --http` runs it): not ready while NATS is away, and
-    its outage check fails once the outage outlasts the budget; ready again after NATS is."""
-    from service.cli.gateway import outage_readiness
+    its outage check, read from the replica's own health(), fails once the outage outlasts the
+    budget; ready again after NATS is."""
 
     srv = EmbeddedServer(tmp_path / "js", conf=REPO / "nats.conf", port=-1)
     srv.start()
@@ -91,7 +91,7 @@ async def test_readyz_flips_when_nats_goes_away_and_comes_back(
                 own,
                 hs,
                 watch=watch,
-                readiness=outage_readiness(watch, own.publish_outage_budget),
+                readiness=replica_readiness(replica.health),
             )
             async with GatewayServer(app, hs) as server:
                 url = f"{server.url}/readyz"
@@ -106,11 +106,17 @@ async def test_readyz_flips_when_nats_goes_away_and_comes_back(
                 await wait_for(lambda: _status_is(ready, 503), timeout=10)
                 # Past the outage budget the replica's own check fails too.
                 await wait_for(lambda: _outage_failed(ready), timeout=10)
+                health = replica.health()
+                assert health["overBudget"] is True, health
+                assert health["natsDownFor"] > own.publish_outage_budget, health
+                _, checks = await ready()
+                assert "outage budget 0.5s" in str(checks["outage"]["detail"]), checks
                 srv = EmbeddedServer(tmp_path / "js", conf=REPO / "nats.conf", port=port or -1)
                 srv.start()
                 await wait_for(lambda: _status_is(ready, 200), timeout=20)
                 _, checks = await ready()
                 assert checks["outage"] == {"ok": True, "detail": "connected"}
+                assert replica.health()["overBudget"] is False
     finally:
         srv.stop()
 

@@ -83,3 +83,14 @@ async def test_a_refused_event_is_a_store_failure(nc: NATS, settings: Settings) 
     with pytest.raises(PublishRejected):
         await pub.publish_once(subject, b"{}", {"Nats-Expected-Last-Subject-Sequence": "0"})
     await pub.close()
+
+
+def test_a_fenced_write_still_in_flight_on_a_replicated_stream_is_retried_not_refused() -> None:
+    """10164, "wrong last sequence" without a sequence: another fenced write to the subject is
+    being processed (often our own timed-out attempt); 10071 is the verdict, 10077 a full
+    subject that no retry fixes."""
+    from service.nats.publisher import PublishRejected
+
+    assert PublishRejected(10164, "wrong last sequence", 400).transient
+    assert not PublishRejected(10071, "wrong last sequence: 7", 400).transient
+    assert not PublishRejected(10077, "maximum messages per subject exceeded", 503).transient

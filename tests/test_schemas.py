@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from schemas import api, events, usage
+from schemas import api, event_shapes, events, usage
 from schemas.api import (
     AbortNotice,
     AbortRequest,
@@ -101,37 +101,39 @@ SAMPLES: list[msgspec.Struct] = [
     OPENAI,
     ANTHROPIC,
     PromptTokensDetails(cached_tokens=7, cache_write_tokens=1),
-    events.FinalMessage(message_id="r1", icon_url="https://i", error="boom", unfinished=True),
-    events.ConversationRef(conversation_id="c1"),
-    events.AttachmentData(file_id="f", filename="a.png", filepath="/p", conversation_id="c1"),
+    event_shapes.FinalMessage(message_id="r1", icon_url="https://i", error="boom", unfinished=True),
+    event_shapes.ConversationRef(conversation_id="c1"),
+    event_shapes.AttachmentData(file_id="f", filename="a.png", filepath="/p", conversation_id="c1"),
     UsageRecord(prompt_tokens=10, completion_tokens=2, prompt_tokens_details=PromptTokensDetails()),
     UsageTotals(input=1, output=2, cache_read=3, cache_write=4),
-    msgspec.convert(CREATED, events.CreatedEvent),
-    msgspec.convert(CREATED["message"], events.CreatedMessage),
-    msgspec.convert(FINAL, events.FinalEvent),
-    events.FinalEvent(
-        final=True, aborted=True, early_abort=False, error=events.FinalError(message="x")
+    msgspec.convert(CREATED, event_shapes.CreatedEvent),
+    msgspec.convert(CREATED["message"], event_shapes.CreatedMessage),
+    msgspec.convert(FINAL, event_shapes.FinalEvent),
+    event_shapes.FinalEvent(
+        final=True, aborted=True, early_abort=False, error=event_shapes.FinalError(message="x")
     ),
-    events.FinalError(message="x"),
-    events.AbortFinalEvent(
+    event_shapes.FinalError(message="x"),
+    event_shapes.AbortFinalEvent(
         conversation=None, request_message=None, response_message=None, early_abort=True
     ),
-    events.ErrorEvent(error="Generation failed"),
-    msgspec.convert(ATTACHMENT, events.AttachmentEvent),
-    events.TokenUsageEvent(data=ANTHROPIC),
-    events.OtherStepEvent(event="on_summarize_delta", data={"x": 1}),
-    events.RunStepEvent(
-        data=events.RunStepData(
+    event_shapes.ErrorEvent(error="Generation failed"),
+    msgspec.convert(ATTACHMENT, event_shapes.AttachmentEvent),
+    event_shapes.TokenUsageEvent(data=ANTHROPIC),
+    event_shapes.OtherStepEvent(event="on_summarize_delta", data={"x": 1}),
+    event_shapes.RunStepEvent(
+        data=event_shapes.RunStepData(
             id="step_1",
             index=0,
             type="tool_calls",
             step_index=0,
-            step_details=events.StepDetails(
+            step_details=event_shapes.StepDetails(
                 type="tool_calls",
                 tool_calls=[
-                    events.StepToolCall(id="call_1", name="web", args={}, type="tool_call")
+                    event_shapes.StepToolCall(id="call_1", name="web", args={}, type="tool_call")
                 ],
-                message_creation=events.MessageCreation(message_id="msg_1", content_type="text"),
+                message_creation=event_shapes.MessageCreation(
+                    message_id="msg_1", content_type="text"
+                ),
             ),
             usage={"x": 1},
             status="in_progress",
@@ -141,52 +143,58 @@ SAMPLES: list[msgspec.Struct] = [
             created_at=1767000000000,
         )
     ),
-    events.RunStepDeltaEvent(
-        data=events.RunStepDeltaData(
+    event_shapes.RunStepDeltaEvent(
+        data=event_shapes.RunStepDeltaData(
             id="step_1",
-            delta=events.ToolCallDelta(
+            delta=event_shapes.ToolCallDelta(
                 type="tool_calls",
-                tool_calls=[events.ToolCallChunk(id="c", name="n", args='{"q', index=0, type="t")],
+                tool_calls=[
+                    event_shapes.ToolCallChunk(id="c", name="n", args='{"q', index=0, type="t")
+                ],
                 auth="https://auth",
                 expires_at=1767000000,
             ),
         )
     ),
-    events.RunStepCompletedEvent(
-        data=events.RunStepCompletedData(
-            result=events.ToolEndResult(
+    event_shapes.RunStepCompletedEvent(
+        data=event_shapes.RunStepCompletedData(
+            result=event_shapes.ToolEndResult(
                 id="step_1",
                 index=0,
                 type="tool_call",
-                tool_call=events.CompletedToolCall(
+                tool_call=event_shapes.CompletedToolCall(
                     id="c", name="n", args="{}", output="ok", progress=1, outcome="done"
                 ),
                 completed_at=1767000000001,
             )
         )
     ),
-    events.MessageDeltaEvent(
-        data=events.MessageDeltaData(
+    event_shapes.MessageDeltaEvent(
+        data=event_shapes.MessageDeltaData(
             id="step_2",
-            delta=events.MessageDelta(
+            delta=event_shapes.MessageDelta(
                 content=[
-                    events.ContentPart(type="text", text="Hel", citations=[{"a": 1}], index=1),
-                    events.ContentPart(type="text", tool_call_ids=["call_1"]),
+                    event_shapes.ContentPart(
+                        type="text", text="Hel", citations=[{"a": 1}], index=1
+                    ),
+                    event_shapes.ContentPart(type="text", tool_call_ids=["call_1"]),
                 ],
                 tool_call_ids=["call_1"],
             ),
         )
     ),
-    events.ReasoningDeltaEvent(
-        data=events.MessageDeltaData(
+    event_shapes.ReasoningDeltaEvent(
+        data=event_shapes.MessageDeltaData(
             id="step_3",
-            delta=events.MessageDelta(content=events.ContentPart(type="think", think="hmm")),
+            delta=event_shapes.MessageDelta(
+                content=event_shapes.ContentPart(type="think", think="hmm")
+            ),
         )
     ),
-    events.AgentUpdateEvent(
-        data=events.AgentUpdateData(
+    event_shapes.AgentUpdateEvent(
+        data=event_shapes.AgentUpdateData(
             type="agent_update",
-            agent_update=events.AgentUpdatePayload(index=4, run_id="run", agent_id="agent_2"),
+            agent_update=event_shapes.AgentUpdatePayload(index=4, run_id="run", agent_id="agent_2"),
         )
     ),
     CreateRequest(
@@ -285,7 +293,7 @@ SAMPLES: list[msgspec.Struct] = [
 
 def _all_structs() -> set[type[msgspec.Struct]]:
     found = set()
-    for module in (events, usage, api):
+    for module in (event_shapes, usage, api):
         for _, obj in inspect.getmembers(module, inspect.isclass):
             if (
                 issubclass(obj, msgspec.Struct)
@@ -398,7 +406,7 @@ def test_decode_reports_bad_input_as_value_error_naming_the_field() -> None:
     with pytest.raises(ValueError, match="invalid CreateRequest: JSON is malformed"):
         api.decode(b'{"userId":}', CreateRequest)
     with pytest.raises(TypeError):
-        api.decode(b"{}", events.ErrorEvent)
+        api.decode(b"{}", event_shapes.ErrorEvent)
 
 
 def test_an_empty_body_reads_as_an_empty_object() -> None:
@@ -591,7 +599,7 @@ def test_abort_with_content_returns_the_unfinished_response() -> None:
 
 def test_abort_uses_the_response_message_id_and_librechat_defaults() -> None:
     final = abort_final_event(
-        user_message=events.CreatedMessage(message_id="u9"),
+        user_message=event_shapes.CreatedMessage(message_id="u9"),
         response_message_id="r9",
         content=[],
         conversation_id=None,

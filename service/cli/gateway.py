@@ -37,7 +37,7 @@ from service.client.reader import LiveHub
 from service.config import Settings
 from service.http.app import HUB_KEY, GatewayServer, build_app
 from service.http.config import HttpSettings
-from service.http.health import Check, ConnectionWatch, Readiness
+from service.http.health import ConnectionWatch
 
 log = logging.getLogger("genjobs.gateway")
 
@@ -89,21 +89,6 @@ class WatchedConnection:
 
     async def error(self, e: Exception) -> None:
         log.warning("nats: %s", e)
-
-
-def outage_readiness(watch: ConnectionWatch, budget: float) -> Readiness:
-    """A replica is not ready once it has lost NATS for longer than its outage budget: its jobs
-    are failing by then (docs/reliability.md)."""
-
-    async def check() -> list[Check]:
-        lost = watch.outage()
-        ok = lost <= budget
-        detail = (
-            "connected" if lost == 0 else f"NATS lost {lost:.1f}s ago (outage budget {budget:g}s)"
-        )
-        return [Check("outage", ok, detail)]
-
-    return check
 
 
 async def _gateway(settings: Settings, hs: HttpSettings, connect_wait: float) -> int:

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from service.cli.common import (
     DEFAULT_CLIENT_URL,
@@ -80,18 +80,29 @@ class _Formatter(argparse.HelpFormatter):
         return super()._fill_text(text, width, indent)
 
 
+# The type of add_subparsers()' result (generic in typeshed only, hence the string).
+_Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    fmt = _Formatter
     parser = argparse.ArgumentParser(
         prog="genjobs",
         description="Resumable LLM generation jobs on NATS JetStream.",
         epilog=EXIT_CODES + "\n\nRun `genjobs COMMAND --help` for a command's options.",
-        formatter_class=fmt,
+        formatter_class=_Formatter,
     )
     _connection_flags(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    for add in (_add_serve, _add_gateway, _add_demo, _add_aggregate, _add_tail, _add_queries):
+        add(sub, common)
+    return parser
+
+
+def _add_serve(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """`genjobs serve`: a replica."""
+    fmt = _Formatter
     p = sub.add_parser(
         "serve",
         parents=[common],
@@ -129,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     _log_level(p)
     _uvloop(p)
 
+
+def _add_gateway(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """`genjobs gateway`: the standalone HTTP gateway."""
+    fmt = _Formatter
     p = sub.add_parser(
         "gateway",
         parents=[common],
@@ -156,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     _log_level(p)
     _uvloop(p)
 
+
+def _add_demo(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """`genjobs demo`: the self-contained tour."""
+    fmt = _Formatter
     p = sub.add_parser(
         "demo",
         formatter_class=fmt,
@@ -187,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _uvloop(p)
 
+
+def _add_aggregate(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """`genjobs aggregate`: parses its own arguments (service.cli.aggregate)."""
     p = sub.add_parser(
         "aggregate",
         add_help=False,
@@ -194,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("rest", nargs=argparse.REMAINDER)
 
+
+def _add_tail(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """`genjobs tail`: follow a job's events."""
+    fmt = _Formatter
     p = sub.add_parser(
         "tail",
         parents=[common],
@@ -213,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _uvloop(p)
 
+
+def _add_queries(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """`genjobs status|resume|abort|active|counts`: one request, the JSON reply printed."""
+    fmt = _Formatter
     for name, what in (
         ("status", "a job's status and content so far"),
         ("resume", "a job's resume snapshot (continue reading at seq + 1)"),
@@ -245,7 +275,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Request <prefix>.api.counts and print {running, complete, error, aborted}.",
         epilog=EXIT_CODES,
     )
-    return parser
 
 
 def _log_level(p: argparse.ArgumentParser) -> None:

@@ -87,32 +87,12 @@ async def _start_replica(
 
 async def _serve(settings: Settings, connect_wait: float, hs: HttpSettings | None = None) -> int:
     from service.server.api import ServiceApi
-    from service.server.replica import close_connection
+    from service.server.connection import close_connection
 
     assert settings.nats_url is not None
     stop = asyncio.Event()
-    starting = True
-    lost = False
     http = _ReplicaHttp()
-
-    async def on_error(e: Exception) -> None:
-        log.warning("nats: %s", e)
-
-    async def on_disconnect() -> None:
-        http.disconnected()
-        if not stop.is_set() and not starting:
-            log.warning("disconnected from NATS; reconnecting")
-
-    async def on_reconnect() -> None:
-        http.reconnected()
-        log.info("reconnected to NATS")
-
-    async def on_closed() -> None:
-        nonlocal lost
-        if not stop.is_set() and not starting:
-            lost = True
-            log.error("the NATS connection was closed; stopping")
-            stop.set()
+    conn = _ConnectionEvents(stop, http)
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -121,12 +101,12 @@ async def _serve(settings: Settings, connect_wait: float, hs: HttpSettings | Non
         settings,
         connect_wait,
         stop,
-        error_cb=on_error,
-        disconnected_cb=on_disconnect,
-        reconnected_cb=on_reconnect,
-        closed_cb=on_closed,
+        error_cb=conn.on_error,
+        disconnected_cb=conn.on_disconnect,
+        reconnected_cb=conn.on_reconnect,
+        closed_cb=conn.on_closed,
     )
-    starting = False
+    conn.starting = False
     api: ServiceApi | None = None
     given_up = asyncio.create_task(_when_nats_lost(replica, stop), name="nats-lost")
     try:
@@ -156,6 +136,40 @@ async def _serve(settings: Settings, connect_wait: float, hs: HttpSettings | Non
         await replica.stop(grace=max(0.5, deadline - loop.time()))
         await http.stop()
         await close_connection(nc, max(0.1, deadline - loop.time()))
+    return _exit_code(replica, lost=conn.lost)
+
+
+class _ConnectionEvents:
+    """The NATS connection's callbacks for ``serve``: log, tell the in-replica gateway, and
+    stop the replica when the connection is closed for good after the start."""
+
+    def __init__(self, stop: asyncio.Event, http: _ReplicaHttp) -> None:
+        self.stop = stop
+        self.http = http
+        self.starting = True
+        self.lost = False
+
+    async def on_error(self, e: Exception) -> None:
+        log.warning("nats: %s", e)
+
+    async def on_disconnect(self) -> None:
+        self.http.disconnected()
+        if not self.stop.is_set() and not self.starting:
+            log.warning("disconnected from NATS; reconnecting")
+
+    async def on_reconnect(self) -> None:
+        self.http.reconnected()
+        log.info("reconnected to NATS")
+
+    async def on_closed(self) -> None:
+        if not self.stop.is_set() and not self.starting:
+            self.lost = True
+            log.error("the NATS connection was closed; stopping")
+            self.stop.set()
+
+
+def _exit_code(replica: Any, *, lost: bool) -> int:
+    """The exit status of a stopped replica: no NATS, jobs left without a terminal event, ok."""
     health = replica.health()
     if lost or replica.nats_lost.is_set() or (health["nats"] != "connected" and replica.unfinished):
         log.error(
@@ -195,9 +209,9 @@ class _ReplicaHttp:
 
     async def start(self, nc: NATS, replica: Any, settings: Settings, hs: HttpSettings) -> None:
         """Raises: CliError (exit 2) when the address cannot be listened on."""
-        from service.cli.gateway import outage_readiness, start_server
+        from service.cli.gateway import start_server
         from service.http.app import HUB_KEY, METRICS_KEY, GatewayServer, build_app
-        from service.http.health import ConnectionWatch
+        from service.http.health import ConnectionWatch, replica_readiness
 
         self.watch = ConnectionWatch(nc)
         app = build_app(
@@ -205,7 +219,7 @@ class _ReplicaHttp:
             settings,
             hs,
             watch=self.watch,
-            readiness=outage_readiness(self.watch, settings.publish_outage_budget),
+            readiness=replica_readiness(replica.health),
         )
         self.hub = app[HUB_KEY]
         replica.store.publisher.on_ack = app[METRICS_KEY].ack_observer

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,26 @@ class Check:
 
 Readiness = Callable[[], Awaitable[list[Check]]]
 """Extra checks of the process the gateway runs in (a replica's outage state)."""
+
+
+def replica_readiness(health: Callable[[], Mapping[str, Any]]) -> Readiness:
+    """The ``outage`` check of a gateway inside a replica, read from the replica's own
+    ``health()`` (``service.server.replica.Replica.health``), which decides that a replica that
+    lost NATS longer than its outage budget is not ready."""
+
+    async def check() -> list[Check]:
+        h = health()
+        ok = not h["overBudget"]
+        if h["natsDownFor"] == 0:
+            detail = "connected"
+        else:
+            detail = (
+                f"NATS {h['nats']} for {h['natsDownFor']:.1f}s "
+                f"(outage budget {h['natsOutageBudget']:g}s)"
+            )
+        return [Check("outage", ok, detail)]
+
+    return check
 
 
 class ConnectionWatch:

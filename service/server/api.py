@@ -383,6 +383,9 @@ class ServiceApi:
             if rec.idempotency_key != req.idempotency_key or rec.status is not JobStatus.RUNNING:
                 raise
             return rec
+        running = self.replica.registry.get(handle.job_id)
+        if running is not None:
+            running.mark_remote()  # its producer streams over ingest: it may be handed off
         self._ingest.watch(handle)
         return handle.record
 

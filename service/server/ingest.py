@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgspec
@@ -49,7 +46,8 @@ from schemas.errors import (
 )
 from schemas.events import classify
 from schemas.ids import check_id
-from schemas.job import JobRecord, JobStatus
+from schemas.job import JobStatus
+from service.server.ingest_state import Ended, Order, OwnerCache, Tombstones
 from service.server.replica import Replica
 from service.server.replies import relay, send, send_error
 
@@ -58,12 +56,6 @@ log = logging.getLogger("genjobs.ingest")
 MAX_EVENT_DEPTH: Final = 64
 """Deeper event payloads are refused: msgspec's recursion limit (~1,000 levels) would otherwise
 be hit later inside the actor, failing the job instead of the request."""
-
-OWNER_CACHE_TTL: Final = 5.0
-"""How long a replica relays a job's batches to the owner it read from the record without
-reading it again. A stale entry is harmless: a former owner answers from its tombstone or the
-record, a gone one does not answer and the record is read again."""
-OWNER_CACHE_SIZE: Final = 10_000
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], None]
 """Runs a coroutine in the service's TaskGroup; raises Unavailable when shutting down."""
@@ -79,43 +71,6 @@ def _too_deep(obj: dict[str, Any], limit: int) -> bool:
         values = item.values() if isinstance(item, dict) else item
         stack.extend((v, depth + 1) for v in values if isinstance(v, (dict, list)))
     return False
-
-
-@dataclass(slots=True)
-class _Ended:
-    """What a former owner still knows about a job it served, to answer a late ingest."""
-
-    status: JobStatus
-    aborted: bool
-    next_index: int
-    seq: int
-    error: str | None
-    expires: float
-
-
-@dataclass(slots=True)
-class _Order:
-    """Where a running job's next batch starts, and the batches waiting for their turn."""
-
-    expected: int
-    waiting: dict[int, list[asyncio.Future[None]]] = field(default_factory=dict)
-
-    def wait_for(self, index: int) -> asyncio.Future[None]:
-        """A future set once the batches before ``index`` are queued."""
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if index <= self.expected:
-            turn.set_result(None)
-        else:
-            self.waiting.setdefault(index, []).append(turn)
-        return turn
-
-    def advance(self, cmd: Ingest) -> None:
-        start = self.expected if cmd.first_index is None else cmd.first_index
-        self.expected = max(self.expected, start + cmd.span)
-        for index in [i for i in self.waiting if i <= self.expected]:
-            for fut in self.waiting.pop(index):
-                if not fut.done():
-                    fut.set_result(None)
 
 
 class IngestGateway:
@@ -135,13 +90,12 @@ class IngestGateway:
         self._spawn = spawn
         self._slots = asyncio.Semaphore(max_inflight)
         self._deadline = request_deadline
-        self._max_tombstones = max_tombstones
         self._watched: dict[str, int] = {}  # running job -> next ingest index acknowledged
-        self._order: dict[str, _Order] = {}
-        self._ended: OrderedDict[str, _Ended] = OrderedDict()
+        self._order: dict[str, Order] = {}
+        self._ended = Tombstones(max_tombstones)
         self._prefix = f"{self.s.prefix}.ingest."
         self._relayed_prefix = self.s.rpc_subject(replica.replica_id, "ingest.")
-        self._owners: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._owners = OwnerCache()
         self.relayed = 0
         """Batches this replica passed to another replica (the owner)."""
 
@@ -212,10 +166,10 @@ class IngestGateway:
             if not handed_off:
                 self._slots.release()
 
-    def _order_of(self, actor: ActorHandle) -> _Order:
+    def _order_of(self, actor: ActorHandle) -> Order:
         order = self._order.get(actor.job_id)
         if order is None:
-            order = self._order[actor.job_id] = _Order(expected=actor.ingested)
+            order = self._order[actor.job_id] = Order(expected=actor.ingested)
             self.watch(actor)
         return order
 
@@ -225,7 +179,7 @@ class IngestGateway:
         actor: ActorHandle,
         cmd: Ingest,
         batch: IngestBatch,
-        order: _Order,
+        order: Order,
         turn: asyncio.Future[None],
     ) -> None:
         assert cmd.first_index is not None
@@ -243,7 +197,7 @@ class IngestGateway:
         await self._settle(msg, actor, cmd, batch, self._enqueue(actor, cmd, order))
 
     @staticmethod
-    def _enqueue(actor: ActorHandle, cmd: Ingest, order: _Order) -> bool:
+    def _enqueue(actor: ActorHandle, cmd: Ingest, order: Order) -> bool:
         """Hand the batch to the actor, synchronously so that order is kept; False if the
         actor no longer takes commands (the job ended)."""
         try:
@@ -341,7 +295,7 @@ class IngestGateway:
         await self._answer_ended(msg, actor.job_id, ended, batch)
 
     async def _answer_ended(
-        self, msg: Msg, job_id: str, ended: _Ended, batch: IngestBatch | None
+        self, msg: Msg, job_id: str, ended: Ended, batch: IngestBatch | None
     ) -> None:
         """Aborted (or being aborted): ``{ok: false, aborted: true}``, the producer stops. The
         terminal batch resent: the same acknowledgement as the first time. Anything else after
@@ -349,7 +303,7 @@ class IngestGateway:
         if ended.aborted or ended.status is JobStatus.ABORTED:
             reply = IngestReply(ok=False, next_index=ended.next_index, aborted=True)
             await send(self.replica.nc, msg, encode(reply))
-        elif batch is not None and _same_terminal(batch, ended):
+        elif batch is not None and ended.same_terminal(batch):
             reply = IngestReply(ok=True, next_index=ended.next_index, seq=ended.seq)
             await send(self.replica.nc, msg, encode(reply))
         else:
@@ -359,15 +313,15 @@ class IngestGateway:
         """A batch for a job with no actor here: a tombstone, the owner, or the record."""
         try:
             batch = self._command(msg.data)[1]
-            ended = self._tombstone(job_id)
+            ended = self._ended.get(job_id)
             if ended is not None:
                 await self._answer_ended(msg, job_id, ended, batch)
                 return
-            owner = None if relayed else self._cached_owner(job_id)
+            owner = None if relayed else self._owners.get(job_id, self.replica.liveness.is_alive)
             if owner is not None:
                 if await self._relay(msg, job_id, owner):
                     return
-                self._owners.pop(job_id, None)  # gone: read the record
+                self._owners.forget(job_id)  # gone: read the record
             loaded = await self.replica.store.load_record(job_id)
             if loaded is None:
                 raise NotFound(f"job {job_id} not found", job_id=job_id)
@@ -375,10 +329,10 @@ class IngestGateway:
             me = self.replica.replica_id
             if not relayed and rec.owner != me and self.replica.liveness.is_alive(rec.owner):
                 if rec.status is JobStatus.RUNNING:
-                    self._cache_owner(job_id, rec.owner)
+                    self._owners.put(job_id, rec.owner)
                 if await self._relay(msg, job_id, rec.owner):
                     return
-                self._owners.pop(job_id, None)
+                self._owners.forget(job_id)
                 if rec.status is JobStatus.RUNNING:
                     raise Unavailable(
                         f"the owner of job {job_id} ({rec.owner}) does not answer; retry",
@@ -389,7 +343,7 @@ class IngestGateway:
                     f"job {job_id} lost its owner ({rec.owner}); it ends with 'owner lost'",
                     job_id=job_id,
                 )
-            await self._answer_ended(msg, job_id, _ended_from_record(rec, batch), batch)
+            await self._answer_ended(msg, job_id, Ended.from_record(rec, batch), batch)
         except GenjobsError as e:
             await self._error(msg, e)
         except TimeoutError:
@@ -397,22 +351,6 @@ class IngestGateway:
         except Exception:
             log.exception("ingest %s: unexpected error", job_id)
             await self._error(msg, Unavailable("internal error"))
-
-    def _cached_owner(self, job_id: str) -> str | None:
-        entry = self._owners.get(job_id)
-        if entry is None:
-            return None
-        owner, expires = entry
-        if expires <= time.monotonic() or not self.replica.liveness.is_alive(owner):
-            del self._owners[job_id]
-            return None
-        return owner
-
-    def _cache_owner(self, job_id: str, owner: str) -> None:
-        self._owners[job_id] = (owner, time.monotonic() + OWNER_CACHE_TTL)
-        self._owners.move_to_end(job_id)
-        while len(self._owners) > OWNER_CACHE_SIZE:
-            self._owners.popitem(last=False)
 
     async def _relay(self, msg: Msg, job_id: str, owner: str) -> bool:
         """Pass the batch to ``owner``; False if it does not serve its rpc subject."""
@@ -444,54 +382,10 @@ class IngestGateway:
         self._watched[job_id] = 0
         actor.on_end(self._remember)
 
-    def _ended_of(self, actor: ActorHandle) -> _Ended:
-        return _Ended(
-            status=actor.status,
-            aborted=actor.aborted.is_set() or actor.status is JobStatus.ABORTED,
-            next_index=actor.ingested,
-            seq=actor.last_seq,
-            error=actor.record.error,
-            expires=time.monotonic() + self.s.completed_ttl,
-        )
+    def _ended_of(self, actor: ActorHandle) -> Ended:
+        return Ended.of(actor, self.s.completed_ttl)
 
     def _remember(self, actor: ActorHandle) -> None:
         self._watched.pop(actor.job_id, None)
         self._order.pop(actor.job_id, None)
-        now = time.monotonic()
-        self._ended[actor.job_id] = self._ended_of(actor)
-        self._ended.move_to_end(actor.job_id)
-        while self._ended:
-            oldest = next(iter(self._ended.values()))
-            if len(self._ended) <= self._max_tombstones and oldest.expires > now:
-                break
-            self._ended.popitem(last=False)
-
-    def _tombstone(self, job_id: str) -> _Ended | None:
-        ended = self._ended.get(job_id)
-        if ended is not None and ended.expires <= time.monotonic():
-            del self._ended[job_id]
-            return None
-        return ended
-
-
-def _same_terminal(batch: IngestBatch, ended: _Ended) -> bool:
-    """Whether ``batch`` ends the job the way it ended: its terminal batch, resent."""
-    if batch.complete is not None:
-        return ended.status is JobStatus.COMPLETE
-    if batch.error is not None:
-        return ended.status is JobStatus.ERROR and ended.error == batch.error
-    return False
-
-
-def _ended_from_record(rec: JobRecord, batch: IngestBatch) -> _Ended:
-    """An ended job this replica has no tombstone of (its owner is gone): the record's status
-    and terminal seq; the acknowledged index is where this batch ends."""
-    start = 0 if batch.first_index is None else batch.first_index
-    return _Ended(
-        status=rec.status,
-        aborted=rec.status is JobStatus.ABORTED,
-        next_index=start + batch.span,
-        seq=rec.last_seq,
-        error=rec.error,
-        expires=0.0,
-    )
+        self._ended.add(actor.job_id, self._ended_of(actor))

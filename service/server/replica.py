@@ -13,7 +13,9 @@ publish acks → drain the connection. Jobs left without a terminal event are lo
 in ``unfinished``.
 
 ``health()`` is the replica's readiness as data (NATS state, how long it has been away, whether
-it gave up after ``nats_lost_after``): what an HTTP ``/readyz`` reads.
+it gave up after ``nats_lost_after``, whether it is past its outage budget): what an HTTP
+``/readyz`` reads. The connection's watch is ``service.server.connection``; creating a job is
+``service.server.create``.
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -36,29 +37,30 @@ from actors.handle import ActorHandle
 from actors.registry import Registry
 from actors.stream_actor import StreamActor
 from actors.termination import SHUTDOWN_MESSAGE, Fail
-from schemas.errors import BadRequest, Conflict, GenjobsError, JobEnded, Unavailable
-from schemas.ids import check_id, check_optional_id
-from schemas.job import JobRecord, JobStatus
+from schemas.content.aggregator import ContentAggregator
+from schemas.errors import GenjobsError, JobEnded, Unavailable
+from schemas.job import JobRecord
 from service.client.presence import AllLeftCallback, PresenceTracker
 from service.client.producer import JobHandle
 from service.config import Settings
 from service.nats.provision import provision
 from service.nats.store import Store
-from service.server.abort import BY_REPLACE, Aborts
+from service.server.abort import Aborts
+from service.server.connection import NatsWatch, close_connection
+from service.server.create import Creation
+from service.server.handoff import Handoff
 from service.server.liveness import CleanupWorker, Liveness
 from service.server.ops import JobOps
 from service.server.owner_link import OwnerLink
-from service.server.reads import Reads, authorize, idempotent_job_id
+from service.server.reads import Reads
 from service.server.replies import send_error
 from service.server.resume import Resumes
 from service.server.rpc import OwnerRpc
-from service.server.takeover import Takeover, now_ms
+from service.server.takeover import Takeover
 
 log = logging.getLogger("genjobs.replica")
 
 ABORT_QUEUE = "genjobs-abort"
-NATS_WATCH_INTERVAL = 0.25
-"""How often the replica looks at its connection's state (cheap: no I/O)."""
 
 __all__ = ["SHUTDOWN_MESSAGE", "Replica"]
 
@@ -78,8 +80,10 @@ class Replica:
         self._tg: asyncio.TaskGroup | None = None
         self.stopped = False
         self.started_at: float | None = None
-        self._nats_down_since: float | None = None
-        self.nats_lost = asyncio.Event()
+        self.nats_watch = NatsWatch(
+            settings, lambda: self._nc, lambda: sorted(a.job_id for a in self.registry.actors())
+        )
+        self.nats_lost = self.nats_watch.lost
         """Set once NATS has been unreachable for ``nats_lost_after`` seconds: ``genjobs serve``
         then stops and exits 3."""
         self.unfinished: list[str] = []
@@ -113,7 +117,11 @@ class Replica:
         self.resumes = Resumes(self.store, self.s, self.registry, owner)
         self.reads = Reads(self.store, self.s, self.registry, owner)
         self.ops = JobOps(self.reads, self.resumes, self.aborts, self.takeover)
-        self._rpc = OwnerRpc(self.registry, self.aborts)
+        self.handoff = Handoff(
+            self.s, self.registry, self.store, self.liveness, self.takeover, self.start_actor
+        )
+        self.creation = Creation(self.s, self.store, self.registry, self.aborts, self.start_actor)
+        self._rpc = OwnerRpc(self.registry, self.aborts, adopt=self.handoff.adopt)
         self.cleanup = CleanupWorker(self.store, self.s)
         self.presence = PresenceTracker(self.nc, self.s, self.registry)
         self.presence.callbacks.append(self._reset_sync_sent)
@@ -130,7 +138,7 @@ class Replica:
         self._subs = [
             await self.nc.subscribe(f"{p}.abort.>", queue=ABORT_QUEUE, cb=self._on_abort),
             await self.nc.subscribe(f"{p}.abort", queue=ABORT_QUEUE, cb=self._on_abort),
-            await self.nc.subscribe(f"{p}.rpc.{self.replica_id}.*", cb=self._rpc.on_msg),
+            await self.nc.subscribe(f"{p}.rpc.{self.replica_id}.*", cb=self._on_rpc),
         ]
         await self.nc.flush()
         self.started_at = time.monotonic()
@@ -162,7 +170,9 @@ class Replica:
                     tg.create_task(self.liveness.watch_loop(), name="liveness-watch"),
                     tg.create_task(self.liveness.janitor_loop(self.takeover), name="janitor"),
                     tg.create_task(self.presence.expire_loop(), name="presence"),
-                    tg.create_task(self._nats_watch_loop(), name="nats-watch"),
+                    tg.create_task(
+                        self.nats_watch.loop(lambda: self.liveness.stopping), name="nats-watch"
+                    ),
                 ]
                 self._ready.set_result(None)
                 await self._stop.wait()
@@ -198,7 +208,9 @@ class Replica:
                 await self.nc.flush(timeout=max(1, int(left(0.1))))
             except (TimeoutError, nats.errors.Error) as e:
                 log.warning("shutdown: flushing the unsubscriptions: %r", e)
-        # 2. terminal events for running jobs, bounded by the grace period
+        # 2. remote-producer jobs move to another replica (service/server/handoff.py); the
+        # rest get their terminal event, bounded by the grace period
+        await self.handoff.hand_off_all(timeout=left(0.5))
         futures: dict[asyncio.Future[Any], str] = {}
         for actor in self.registry.actors():
             actor.stop_producer()  # the producer's signal to stop generating
@@ -234,7 +246,7 @@ class Replica:
                 "shutdown: %d job(s) could not get their terminal event (NATS %s): %s; they "
                 "end as 'owner lost' once another replica sees this one gone",
                 len(unfinished),
-                self._nats_state(),
+                self.nats_watch.state(),
                 ", ".join(self.unfinished),
             )
         # 4. flush publish acks and say goodbye, as far as the grace period allows
@@ -299,114 +311,40 @@ class Replica:
             Forbidden: the id belongs to another user's job.
             Unavailable: this replica is shutting down.
         """
-        check_id(user_id, "userId")
-        check_optional_id(tenant_id, "tenantId")
-        check_optional_id(conversation_id, "conversationId")
-        if idempotency_key is not None and not isinstance(idempotency_key, str):
-            raise BadRequest("idempotencyKey must be a string")
-        if job_id is None:
-            if idempotency_key:
-                job_id = idempotent_job_id(user_id, tenant_id, idempotency_key)
-            else:
-                job_id = conversation_id or uuid.uuid4().hex
-        check_id(job_id, "jobId")
-        if self.registry.closing:
-            raise Unavailable("replica is shutting down")
-        self.registry.reserved.add(job_id)
-        try:
-            return await self._create(
-                job_id, user_id, tenant_id, conversation_id, idempotency_key, replace, metadata
-            )
-        finally:
-            self.registry.reserved.discard(job_id)
-
-    async def _create(
-        self,
-        job_id: str,
-        user_id: str,
-        tenant_id: str | None,
-        conversation_id: str | None,
-        idempotency_key: str | None,
-        replace: bool,
-        metadata: dict[str, Any] | None,
-    ) -> JobHandle:
-        for _ in range(5):
-            loaded = await self.store.load_record(job_id)
-            if loaded is not None:
-                rec, rev = loaded
-                authorize(rec, user_id, tenant_id)
-                if rec.status is JobStatus.RUNNING:
-                    if idempotency_key and rec.idempotency_key == idempotency_key:
-                        running = self.registry.get(job_id)
-                        if running is not None:
-                            return self._producer_handle(running)
-                        raise Conflict(
-                            f"job {job_id} exists and is owned by replica {rec.owner}",
-                            job_id=job_id,
-                            owner=rec.owner,
-                        )
-                    if not replace:
-                        raise Conflict(f"job {job_id} is running", job_id=job_id)
-                    await self.aborts.abort(job_id, user_id, tenant_id, by=BY_REPLACE)
-                    continue
-                new = self._new_record(job_id, user_id, tenant_id, conversation_id, idempotency_key)
-                # A new generation under a reused id starts on an empty subject.
-                await self.store.purge_events(job_id)
-                try:
-                    rev = await self.store.update_record(new, rev)
-                except Conflict:
-                    continue
-            else:
-                new = self._new_record(job_id, user_id, tenant_id, conversation_id, idempotency_key)
-                try:
-                    rev = await self.store.create_record(new)
-                except Conflict:
-                    continue
-            await self.store.add_user_index(new)
-            actor = StreamActor(
-                new,
-                rev,
-                self.store,
-                inbox_size=self.s.inbox_size,
-                snapshot_interval=self.s.snapshot_interval,
-                completed_ttl=self.s.completed_ttl,
-                max_events=self.s.max_events_per_job,
-                on_end=lambda a: self.store.release_local(a.job_id),
-            )
-            self.registry.start(actor)  # raises if closing; the task runs from the next tick
-            self.store.claim_local(job_id)
-            handle = self._producer_handle(actor.handle)
-            if metadata:
-                await handle.update_metadata(**metadata)
-            return handle
-        raise Conflict(f"job {job_id}: too many concurrent creates", job_id=job_id)
-
-    def _new_record(
-        self,
-        job_id: str,
-        user_id: str,
-        tenant_id: str | None,
-        conversation_id: str | None,
-        idempotency_key: str | None,
-    ) -> JobRecord:
-        now = now_ms()
-        return JobRecord(
-            stream_id=job_id,
-            user_id=user_id,
-            tenant_id=tenant_id,
-            status=JobStatus.RUNNING,
-            created_at=now,
+        return await self.creation.create_job(
+            user_id,
             conversation_id=conversation_id,
-            sync_sent=False,
-            owner=self.replica_id,
-            lease_until=int((time.time() + self.s.lease_ttl) * 1000),
-            last_seq=0,
-            last_index=-1,
-            first_seq=0,
+            job_id=job_id,
+            tenant_id=tenant_id,
             idempotency_key=idempotency_key,
-            collected_usage=[],
-            usage_claimed=False,
+            replace=replace,
+            metadata=metadata,
         )
+
+    def start_actor(
+        self, rec: JobRecord, rev: int, *, agg: ContentAggregator | None = None
+    ) -> ActorHandle:
+        """Run the actor of ``rec`` (at revision ``rev``) here: a new job, or one adopted from
+        a stopping replica with the content aggregated from its log (service/server/handoff.py).
+
+        Raises:
+            Unavailable: the replica is shutting down.
+        """
+        actor = StreamActor(
+            rec,
+            rev,
+            self.store,
+            inbox_size=self.s.inbox_size,
+            snapshot_interval=self.s.snapshot_interval,
+            completed_ttl=self.s.completed_ttl,
+            max_events=self.s.max_events_per_job,
+            on_end=lambda a: self.store.release_local(a.job_id),
+        )
+        if agg is not None:
+            actor.agg = agg
+        self.registry.start(actor)  # raises if closing; the task runs from the next tick
+        self.store.claim_local(rec.stream_id)
+        return actor.handle
 
     def watchers(self, job_id: str) -> int:
         """Readers watching a job owned here, across all processes that announce presence."""
@@ -435,28 +373,23 @@ class Replica:
 
     # --- health ---------------------------------------------------------------------------
 
-    def _nats_state(self) -> str:
-        nc = self._nc
-        if nc is None:
-            return "not started"
-        if nc.is_closed:
-            return "closed"
-        if nc.is_connected:
-            return "connected"
-        return "reconnecting"
-
     def health(self) -> dict[str, Any]:
         """Readiness as plain data (for ``/readyz`` and logs):
 
         ``ready`` is true while the replica takes work and NATS is connected; ``nats`` is
         ``connected | reconnecting | closed``; ``natsDownFor`` how long it has been away (s);
         ``natsLost`` whether it has been away longer than ``nats_lost_after``, after which
-        ``genjobs serve`` exits 3; ``jobs`` the running jobs owned here.
+        ``genjobs serve`` exits 3; ``overBudget`` whether it has been away longer than the
+        outage budget (``natsOutageBudget``, GENJOBS_PUBLISH_OUTAGE_BUDGET), after which its
+        jobs are failing: such a replica is not ready (the one place for that rule; ``serve
+        --http`` turns it into the ``outage`` check of ``/readyz``); ``jobs`` the running jobs
+        owned here.
         """
-        state = self._nats_state()
-        down = self._nats_down_since
+        state = self.nats_watch.state()
+        down = self.nats_watch.down_since
         down_for = 0.0 if down is None else round(time.monotonic() - down, 3)
         started = self.started_at is not None and not self.stopped
+        budget = self.s.publish_outage_budget
         return {
             "ready": started and state == "connected",
             "replica": self.replica_id,
@@ -464,43 +397,11 @@ class Replica:
             "natsDownFor": down_for,
             "natsLost": self.nats_lost.is_set(),
             "natsLostAfter": self.s.nats_lost_after,
+            "natsOutageBudget": budget,
+            "overBudget": down_for > budget or self.nats_lost.is_set(),
             "stopping": self.stopped or self.registry.closing,
             "jobs": len(self.registry.actors()),
         }
-
-    async def _nats_watch_loop(self) -> None:
-        """Notice a connection that stays away: warn once, then after ``nats_lost_after`` log
-        an ERROR naming what cannot be done and set :attr:`nats_lost`."""
-        loop = asyncio.get_running_loop()
-        while not self.liveness.stopping:
-            await asyncio.sleep(NATS_WATCH_INTERVAL)
-            state = self._nats_state()
-            if state == "connected":
-                if self._nats_down_since is not None:
-                    log.info("NATS is back after %.1fs", loop.time() - self._nats_down_since)
-                self._nats_down_since = None
-                continue
-            now = loop.time()
-            if self._nats_down_since is None:
-                self._nats_down_since = now
-                log.warning(
-                    "NATS is %s; giving up after %.0fs without it", state, self.s.nats_lost_after
-                )
-            elif (
-                not self.nats_lost.is_set()
-                and now - self._nats_down_since >= self.s.nats_lost_after
-            ):
-                jobs = sorted(a.job_id for a in self.registry.actors())
-                log.error(
-                    "NATS unreachable for %.0fs (%s): cannot store events or terminal events "
-                    "of %d running job(s)%s, cannot heartbeat, cannot answer any request; "
-                    "giving up so that this replica is restarted",
-                    now - self._nats_down_since,
-                    state,
-                    len(jobs),
-                    f" ({', '.join(jobs[:20])}{', ...' if len(jobs) > 20 else ''})" if jobs else "",
-                )
-                self.nats_lost.set()
 
     # --- NATS handlers --------------------------------------------------------------------
 
@@ -520,36 +421,9 @@ class Replica:
         if not self._spawn(self.aborts.on_subject(msg), "abort-subject"):
             await send_error(self.nc, msg, Unavailable("replica is shutting down"))
 
-
-async def close_connection(nc: NATS, timeout: float) -> None:
-    """Drain if connected (bounded by ``timeout``), else close: a reconnecting connection
-    cannot drain. nats-py's ``close`` raises when its socket is already dead and unsent data is
-    buffered (``OSError``, or ``RuntimeError`` under uvloop), before it stops the
-    subscriptions' tasks; those are stopped here then."""
-    if nc.is_closed:
-        return
-    if nc.is_connected:
-        try:
-            await asyncio.wait_for(nc.drain(), timeout=timeout)
-        except (TimeoutError, nats.errors.Error) as e:
-            log.warning("draining the NATS connection failed: %s", e)
-    if nc.is_closed:
-        return
-    try:
-        await nc.close()
-    except (
-        OSError,
-        RuntimeError,
-        nats.errors.Error,
-    ) as e:  # RuntimeError: uvloop's closed transport
-        log.warning("closing the NATS connection: %r", e)
-        subs = cast(dict[int, Subscription], getattr(nc, "_subs", {}))
-        tasks: list[asyncio.Task[None]] = []
-        for sub in subs.values():
-            task = sub._wait_for_msgs_task
-            if task is not None:
-                task.cancel()
-                tasks.append(task)
-        subs.clear()
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
+    async def _on_rpc(self, msg: Msg) -> None:
+        """``<prefix>.rpc.<me>.<op>``: in a task too. nats-py runs a subscription's callbacks
+        one after another, and an abort (which waits for the actor's terminal write) must not
+        hold up the snapshot and sync requests queued behind it."""
+        if not self._spawn(self._rpc.on_msg(msg), "rpc"):
+            await send_error(self.nc, msg, Unavailable("replica is shutting down"))

@@ -38,7 +38,7 @@ from actors.termination import Abort, Fail, repaired, terminate
 from schemas.api import AbortResult, CompletionResult
 from schemas.errors import Conflict, OwnershipLost
 from schemas.events import HDR_INDEX, HDR_KIND, TERMINAL_KINDS
-from schemas.job import JobRecord
+from schemas.job import JobRecord, now_ms
 from service.config import Settings
 from service.nats.store import Store
 from service.server.resume import replay
@@ -46,10 +46,6 @@ from service.server.resume import replay
 log = logging.getLogger("genjobs.takeover")
 
 Result = AbortResult | CompletionResult
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
