@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar
@@ -171,3 +172,13 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         force=True,
     )
+
+
+def on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    """SIGTERM/SIGINT handler of the long-running commands: the first one stops gracefully,
+    later ones are logged (the grace period bounds the stop)."""
+    if stop.is_set():
+        log.warning("%s again: already stopping (the grace period bounds it)", sig.name)
+        return
+    log.info("%s received", sig.name)
+    stop.set()

@@ -28,6 +28,7 @@ from service.cli.common import (
     READY_MARK,
     CliError,
     connect,
+    on_signal,
     redact_url,
     run_async,
     settings_from,
@@ -96,7 +97,7 @@ async def _gateway(settings: Settings, hs: HttpSettings, connect_wait: float) ->
     cbs = WatchedConnection()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _on_signal, cbs.stop, sig)
+        loop.add_signal_handler(sig, on_signal, cbs.stop, sig)
     nc = await connect(
         url,
         name=f"genjobs-gateway-{hs.node_id}",
@@ -132,14 +133,6 @@ async def _gateway(settings: Settings, hs: HttpSettings, connect_wait: float) ->
             except (TimeoutError, nats.errors.Error) as e:
                 log.warning("draining the NATS connection failed: %s", e)
     return EXIT_NO_NATS if cbs.lost else EXIT_OK
-
-
-def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
-    if stop.is_set():
-        log.warning("%s again: already stopping", sig.name)
-        return
-    log.info("%s received", sig.name)
-    stop.set()
 
 
 def gateway(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from service.cli.common import (
     READY_MARK,
     CliError,
     connect,
+    on_signal,
     redact_url,
     run_async,
     settings_from,
@@ -96,7 +97,7 @@ async def _serve(settings: Settings, connect_wait: float, hs: HttpSettings | Non
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _on_signal, stop, sig)
+        loop.add_signal_handler(sig, on_signal, stop, sig)
     nc, replica = await _start_replica(
         settings,
         connect_wait,
@@ -241,14 +242,6 @@ class _ReplicaHttp:
         server, self.server = self.server, None
         if server is not None:
             await server.stop()
-
-
-def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
-    if stop.is_set():
-        log.warning("%s again: already stopping (the grace period bounds it)", sig.name)
-        return
-    log.info("%s received", sig.name)
-    stop.set()
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -167,7 +167,7 @@ async def wait_file(path: Path, timeout: float) -> None:
     while not await asyncio.to_thread(path.exists):
         if loop.time() > deadline:
             raise TimeoutError(f"{path} did not appear within {timeout:.0f}s")
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # a file from another container: no event to wait on
 
 
 def gaps(times: list[float], t0: float, t1: float) -> float:
@@ -266,7 +266,7 @@ async def main(argv: list[str] | None = None) -> int:
                     first = True
                 if len(ended) == len(streamers):
                     return
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.2)  # the progress file's write interval, not a wait
 
         async def finish_on_done() -> None:
             await wait_file(ctl / "done", args.timeout)
