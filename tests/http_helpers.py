@@ -72,10 +72,15 @@ class Gateway:
 
 
 @asynccontextmanager
-async def gateway(settings: Settings, hs: HttpSettings | None = None) -> AsyncIterator[Gateway]:
-    """A gateway on its own connection, as `genjobs gateway` runs it."""
+async def gateway(
+    settings: Settings, hs: HttpSettings | None = None, *, nc: NATS | None = None
+) -> AsyncIterator[Gateway]:
+    """A gateway on its own connection, as `genjobs gateway` runs it; ``nc``: on that
+    connection instead (the caller's, which it does not drain)."""
     assert settings.nats_url is not None
-    nc = await nats.connect(settings.nats_url, name="test-gateway")
+    own = nc is None
+    if nc is None:
+        nc = await nats.connect(settings.nats_url, name="test-gateway")
     try:
         hs = hs or http_settings()
         server = GatewayServer(build_app(nc, settings, hs), hs, shutdown_timeout=2.0)
@@ -85,7 +90,8 @@ async def gateway(settings: Settings, hs: HttpSettings | None = None) -> AsyncIt
         finally:
             await server.stop()
     finally:
-        await nc.drain()
+        if own:
+            await nc.drain()
 
 
 @dataclass

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import nats
 import pytest
 from nats.aio.client import Client as NATS
@@ -26,11 +27,21 @@ from service import simulate as sim
 from service.client.presence import presence_hub
 from service.client.sessions import SessionStore
 from service.config import Settings
-from service.server.api import ServiceApi
-from tests.helpers import running_replica, wait_for
+from tests.helpers import wait_for
+from tests.http_helpers import (
+    auth,
+    gateway,
+    http_settings,
+    produce,
+    read_sse,
+    seen,
+    serving,
+    stored,
+)
 
 READER = ("reader", "reader-local-only")
 PRODUCER = ("producer", "producer-local-only")
+GATEWAY = ("gateway", "gateway-local-only")
 T = 10.0
 
 
@@ -38,17 +49,6 @@ T = 10.0
 def gsettings(settings: Settings) -> Settings:
     """The test settings under the prefix the permissions in nats.conf are written for."""
     return settings.with_(prefix="genjobs")
-
-
-@asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[Any]:
-    async with running_replica(settings) as replica:
-        api = ServiceApi(replica)
-        await api.start()
-        try:
-            yield replica
-        finally:
-            await api.stop()
 
 
 class Client:
@@ -264,3 +264,106 @@ async def test_producer_creates_and_ingests_but_cannot_write_the_stream(
                 await js.get_last_msg(gsettings.stream_name, f"genjobs.events.{fresh}")
 
         await denied_then_absent(producer, f"genjobs.events.{fresh}", nothing)
+
+
+async def test_gateway_serves_chat_and_durable_streams_with_its_own_permissions(
+    nats_url: str, gsettings: Settings
+) -> None:
+    """The compose gateway's user: every route works, and the server refuses nothing."""
+    async with (
+        serving(gsettings) as replica,
+        as_user(nats_url, GATEWAY) as client,
+        gateway(gsettings, nc=client.nc) as gw,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.get(gw.url + "/readyz") as r:
+            assert r.status == 200, await r.text()
+        async with http.get(gw.url + "/metrics") as r:
+            assert r.status == 200
+        chat = gw.url + http_settings().chat_prefix
+        done = "auth-gw-" + uuid.uuid4().hex[:8]
+        await produce(replica, "u-gw", done, tokens=4)
+        got = await read_sse(http, f"{chat}/stream/{done}", headers=auth("u-gw"))
+        assert got.complete
+        assert seen(got.frames) == await stored(replica.nc, gsettings, done)
+        async with http.get(f"{chat}/status/{done}", headers=auth("u-gw")) as r:
+            assert (await r.json())["status"] == "complete"
+
+        running = "auth-gw-" + uuid.uuid4().hex[:8]
+        gate, created = asyncio.Event(), asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(produce(replica, "u-gw", running, gate=gate, created=created))
+            await created.wait()
+            async with http.get(f"{chat}/active", headers=auth("u-gw")) as r:
+                assert running in (await r.json())["activeJobIds"]
+            async with http.post(
+                f"{chat}/abort", json={"streamId": running}, headers=auth("u-gw")
+            ) as r:
+                assert await r.json() == {"success": True, "aborted": running}
+            gate.set()
+
+        # Durable Streams: its own stream and bucket (provisioned at start), and a job's log.
+        ds = f"{gw.url}/v1/stream/"
+        text = {"Content-Type": "text/plain", **auth("u-gw")}
+        async with http.put(ds + "notes", data="a", headers=text) as r:
+            assert r.status == 201, await r.text()
+            tail = r.headers["Stream-Next-Offset"]
+
+        async def poll() -> bytes:
+            params = {"offset": tail, "live": "long-poll"}
+            async with http.get(ds + "notes", params=params, headers=auth("u-gw")) as r:
+                assert r.status == 200, await r.text()
+                return await r.read()
+
+        async with asyncio.TaskGroup() as tg:
+            woken = tg.create_task(poll())
+            while not woken.done():  # the poll may subscribe before or after an append
+                async with http.post(ds + "notes", data="b", headers=text) as r:
+                    assert r.status == 204, await r.text()
+                await asyncio.wait([woken], timeout=0.2)
+        assert woken.result().startswith(b"b")
+        async with http.get(ds + "notes", params={"offset": "-1"}, headers=auth("u-gw")) as r:
+            assert (await r.read()).startswith(b"ab")
+        async with http.get(ds + "jobs/" + done, headers=auth("u-gw")) as r:
+            assert r.status == 200
+            assert r.headers["Stream-Closed"] == "true"
+        async with http.delete(ds + "notes", headers=auth("u-gw")) as r:
+            assert r.status == 204, await r.text()
+        async with http.head(ds + "notes", headers=auth("u-gw")) as r:
+            assert r.status == 404
+        assert client.no_errors() == []
+
+
+async def test_gateway_cannot_write_job_events_records_or_other_streams(
+    nats_url: str, gsettings: Settings
+) -> None:
+    async with serving(gsettings) as replica, as_user(nats_url, GATEWAY) as gw:
+        job_id, _ = await finished_job(replica, "u-auth")
+        js = replica.nc.jetstream()
+        last_before = (await js.get_last_msg(gsettings.stream_name, f"genjobs.events.{job_id}")).seq
+
+        async def no_new_event() -> None:
+            last = await js.get_last_msg(gsettings.stream_name, f"genjobs.events.{job_id}")
+            assert last.seq == last_before
+
+        await denied_then_absent(gw, f"genjobs.events.{job_id}", no_new_event)
+
+        kv = await js.key_value(gsettings.jobs_bucket)
+        record = await kv.get(job_id)
+
+        async def record_unchanged() -> None:
+            now = await kv.get(job_id)
+            assert (now.revision, now.value) == (record.revision, record.value)
+
+        await denied_then_absent(gw, f"$KV.genjobs-jobs.{job_id}", record_unchanged)
+        for forbidden in (
+            "$JS.API.STREAM.DELETE.GENJOBS_EVENTS",
+            "$JS.API.STREAM.PURGE.GENJOBS_EVENTS",
+            "$JS.API.STREAM.CREATE.GENJOBS_OTHER",
+            "genjobs.abort." + job_id,
+        ):
+            await gw.nc.publish(forbidden, b"")
+            await gw.violation(forbidden)
+        await gw.nc.subscribe("genjobs.events.>")
+        await gw.violation("genjobs.events.>")
+        assert (await js.stream_info(gsettings.stream_name)).config.name == "GENJOBS_EVENTS"
