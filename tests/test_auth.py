@@ -305,32 +305,37 @@ async def test_gateway_serves_chat_and_durable_streams_with_its_own_permissions(
         # Durable Streams: its own stream and bucket (provisioned at start), and a job's log.
         ds = f"{gw.url}/v1/stream/"
         text = {"Content-Type": "text/plain", **auth("u-gw")}
-        async with http.put(ds + "notes", data="a", headers=text) as r:
-            assert r.status == 201, await r.text()
+        notes = ds + "notes-" + uuid.uuid4().hex[:8]
+        async with http.put(notes, data="a", headers=text) as r:
+            assert r.status == 201, (await r.text(), client.no_errors())
             tail = r.headers["Stream-Next-Offset"]
 
         async def poll() -> bytes:
             params = {"offset": tail, "live": "long-poll"}
-            async with http.get(ds + "notes", params=params, headers=auth("u-gw")) as r:
+            async with http.get(notes, params=params, headers=auth("u-gw")) as r:
                 assert r.status == 200, await r.text()
                 return await r.read()
 
         async with asyncio.TaskGroup() as tg:
             woken = tg.create_task(poll())
             while not woken.done():  # the poll may subscribe before or after an append
-                async with http.post(ds + "notes", data="b", headers=text) as r:
+                async with http.post(notes, data="b", headers=text) as r:
                     assert r.status == 204, await r.text()
                 await asyncio.wait([woken], timeout=0.2)
         assert woken.result().startswith(b"b")
-        async with http.get(ds + "notes", params={"offset": "-1"}, headers=auth("u-gw")) as r:
+        async with http.get(notes, params={"offset": "-1"}, headers=auth("u-gw")) as r:
             assert (await r.read()).startswith(b"ab")
         async with http.get(ds + "jobs/" + done, headers=auth("u-gw")) as r:
             assert r.status == 200
             assert r.headers["Stream-Closed"] == "true"
-        async with http.delete(ds + "notes", headers=auth("u-gw")) as r:
+        async with http.delete(notes, headers=auth("u-gw")) as r:
             assert r.status == 204, await r.text()
-        async with http.head(ds + "notes", headers=auth("u-gw")) as r:
+        async with http.head(notes, headers=auth("u-gw")) as r:
             assert r.status == 404
+        async with http.put(notes, data="again", headers=text) as r:  # a deleted name anew
+            assert r.status == 201, (await r.text(), client.no_errors())
+        async with http.get(notes, params={"offset": "-1"}, headers=auth("u-gw")) as r:
+            assert await r.read() == b"again"
         assert client.no_errors() == []
 
 
