@@ -23,7 +23,6 @@ import http.client
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from collections import deque
 from urllib.parse import urlsplit
 
 from bench.figures import DS_SYSTEMS
-from bench.infra import REPO, die_with_parent
+from bench.infra import REPO, die_with_parent, free_port
 
 SYSTEMS = DS_SYSTEMS
 PEERS = SYSTEMS[1:]
@@ -42,13 +41,6 @@ REF_SERVER = REPO / "node_modules" / "@durable-streams" / "server"
 
 class ServerUnavailable(RuntimeError):
     """The server cannot run on this machine; the message says how to get it."""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def node_missing() -> str | None:
@@ -201,7 +193,7 @@ def server(
             tmp = tempfile.TemporaryDirectory(prefix="genjobs-bench-dsref-")
             argv.append(tmp.name)
         return ServerProc(system, argv, cleanup=tmp)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     if system == "rakaia":
         argv = [sys.executable, "-m", "uvicorn", "rakaia:app", "--host", "127.0.0.1"]

@@ -192,8 +192,8 @@ class NatsCluster:
 
     def __init__(self) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="genjobs-bench-cluster-")
-        self.ports = [_free_port() for _ in range(3)]
-        cports = [_free_port() for _ in range(3)]
+        self.ports = [free_port() for _ in range(3)]
+        cports = [free_port() for _ in range(3)]
         self._nodes = []
         for i in range(3):
             routes = ",".join(f"nats://127.0.0.1:{p}" for j, p in enumerate(cports) if j != i)
@@ -268,7 +268,9 @@ def redis_missing() -> str | None:
     return None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (bound to 0 and released): the one helper the
+    bench and the tests pick ports with."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -301,7 +303,7 @@ class RedisServer:
         if binary is None:
             raise RedisUnavailable("redis-server not found: run `just bench-deps`")
         for _attempt in range(3):
-            self.port = _free_port()
+            self.port = free_port()
             self._proc = subprocess.Popen(
                 [
                     binary,

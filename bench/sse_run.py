@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import select
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.durable_ref import DurableRefServer
-from bench.infra import REPO, cpu_seconds, die_with_parent, rss_bytes
+from bench.infra import REPO, cpu_seconds, die_with_parent, free_port, rss_bytes
 from service.cli.common import READY_MARK
 
 if TYPE_CHECKING:
@@ -28,13 +27,6 @@ if TYPE_CHECKING:
 STREAM_PREFIX = "/api/agents/chat"
 JWT_SECRET = "bench-only-secret-not-for-production-0123456789"
 USER = "bench-user"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def bearer(user: str = USER) -> str:
@@ -52,7 +44,7 @@ class GatewayServer:
 
     def __init__(self, nats_url: str, prefix: str, log: Path) -> None:
         self.nats_url, self.prefix, self.log = nats_url, prefix, log
-        self.port = _free_port()
+        self.port = free_port()
         self._proc: subprocess.Popen[str] | None = None
 
     @property

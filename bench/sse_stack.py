@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Any
 
+from bench.infra import free_port
+
 HEARTBEAT = 5.0
 
 AIOHTTP_SERVER = """
@@ -98,12 +100,6 @@ asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -131,7 +127,7 @@ def _wait_port(port: int, timeout: float = 20.0) -> None:
 
 def measure(stack: str, conns: int, idle: float) -> dict[str, Any]:
     code = (AIOHTTP_SERVER if stack == "aiohttp" else STARLETTE_SERVER) % {"hb": HEARTBEAT}
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-c", code, str(port)])
     try:
         _wait_port(port)

@@ -10,7 +10,6 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 
 import nats
 import pytest
@@ -18,8 +17,7 @@ from nats.aio.client import Client as NATS
 
 from service.config import Settings
 from service.nats.embedded import EmbeddedServer
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.procs import REPO
 
 # Every async test fails if it leaves a task running after its own teardown.
 pytest_plugins = ["tests.leakcheck"]

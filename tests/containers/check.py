@@ -47,7 +47,7 @@ from service import simulate as sim
 from service.client.reader import LiveHub
 from service.config import Settings
 
-from ..faults.procs import RemoteProducer, api
+from ..faults.producer import RemoteProducer, api
 from ..faults.workload import (
     Follower,
     check_log,

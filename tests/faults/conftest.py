@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -29,16 +28,9 @@ from nats.js.errors import APIError
 
 from service.config import Settings
 from service.nats.embedded import EmbeddedServer
+from tests.procs import REPO, free_port
 
-REPO = Path(__file__).resolve().parents[2]
 CLUSTER_NAME = "genjobs-faults"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def fault_settings(url: str, **changes: Any) -> Settings:

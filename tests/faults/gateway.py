@@ -1,8 +1,9 @@
-"""Real gateway processes and Durable Streams clients for the clustered-correctness tests.
+"""Gateway processes and Durable Streams clients for the clustered-correctness tests.
 
 A gateway is a ``python -m service.cli gateway`` child (the genjobs HTTP gateway, the Durable
-Streams protocol at ``/v1/stream``) with ``GENJOBS_AUTH=none``: the tests kill it with
-SIGKILL mid-append, so it must be a process of its own, not an app inside the test's loop.
+Streams protocol at ``/v1/stream``; :func:`ds_gateway`, a ``tests/procs.py`` process) with
+``GENJOBS_AUTH=none``: the tests kill it with SIGKILL mid-append, so it must be a process of
+its own, not an app inside the test's loop.
 
 The clients speak the protocol over plain HTTP (aiohttp), so they only need base URLs:
 
@@ -20,11 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import subprocess
-import sys
-import threading
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +30,7 @@ import aiohttp
 import msgspec
 
 from service.config import Settings
-from tests.faults.conftest import REPO, free_port
-from tests.faults.procs import READY_MARK, settings_env
+from tests.procs import GatewayProcess
 
 JSON = "application/json"
 RETRY_BACKOFF = 0.05
@@ -42,98 +38,15 @@ RETRY_BACKOFF = 0.05
 CLIENT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 
 
-class GatewayProcess:
-    """One gateway child process on a fixed port of its own (a restart comes back on it)."""
-
-    def __init__(self, settings: Settings, *, name: str, port: int | None = None) -> None:
-        self.s = settings
-        self.name = name
-        self.port = port or free_port()
-        self.proc: subprocess.Popen[str] | None = None
-        self.lines: deque[str] = deque(maxlen=400)
-        self._thread: threading.Thread | None = None
-        self.ready = threading.Event()
-        self.exited = threading.Event()
-        self.kills = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            **settings_env(self.s),
-            "GENJOBS_HTTP": f"127.0.0.1:{self.port}",
-            "GENJOBS_AUTH": "none",
-            "GENJOBS_LONG_POLL_TIMEOUT": str(self.s.long_poll_timeout),
-            "GENJOBS_LOG_LEVEL": "warning",
-            "PYTHONUNBUFFERED": "1",
-        }
-
-    async def start(self, timeout: float = 30.0) -> None:
-        """Start it and wait (bounded) for its ready line (it listens and has provisioned).
-
-        Raises: RuntimeError with the process's output when it exits or never gets ready.
-        """
-        self.ready.clear()
-        self.exited.clear()
-        self._spawn()
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while not self.ready.is_set():
-            if self.exited.is_set():
-                raise RuntimeError(f"gateway {self.name} exited:\n{self.tail()}")
-            if loop.time() > end:
-                self.kill()
-                raise RuntimeError(f"gateway {self.name} not ready in {timeout}s:\n{self.tail()}")
-            # The ready line is read by a thread; its Event cannot be awaited from this loop.
-            await asyncio.to_thread(self.ready.wait, 0.1)
-
-    def _spawn(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "gateway"],
-            cwd=REPO,
-            env=self.env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-        )
-        self._thread = threading.Thread(target=self._drain, daemon=True, name=f"gw-{self.name}")
-        self._thread.start()
-
-    def _drain(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stdout is not None
-        with self.proc.stdout:
-            for line in self.proc.stdout:
-                self.lines.append(line.rstrip())
-                if READY_MARK in line:
-                    self.ready.set()
-        self.proc.wait()
-        self.exited.set()
-
-    def tail(self, n: int = 40) -> str:
-        return "\n".join(list(self.lines)[-n:])
-
-    def kill(self) -> None:
-        """SIGKILL: appends in flight get no answer."""
-        if self.alive:
-            assert self.proc is not None
-            self.proc.kill()
-            self.proc.wait()
-            self.kills += 1
-        if self._thread is not None:
-            self._thread.join(5)  # its end of output is this process's, not the next one's
-
-    def close(self) -> None:
-        self.kill()
+def ds_gateway(settings: Settings, *, name: str, port: int | None = None) -> GatewayProcess:
+    """A gateway child for these tests: no authentication, the test's long-poll timeout,
+    warnings only in its log."""
+    env = {
+        "GENJOBS_AUTH": "none",
+        "GENJOBS_LONG_POLL_TIMEOUT": str(settings.long_poll_timeout),
+        "GENJOBS_LOG_LEVEL": "warning",
+    }
+    return GatewayProcess(settings, name=name, port=port, env=env)
 
 
 def stream_url(base: str, name: str) -> str:

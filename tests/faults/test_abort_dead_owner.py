@@ -32,9 +32,10 @@ from service import simulate as sim
 from service.client.reader import LiveHub
 from service.config import Settings
 from tests.faults.conftest import Figures, fault_settings
-from tests.faults.procs import ServeProcess, api
+from tests.faults.producer import api
 from tests.faults.workload import check_log, script, stored_log
 from tests.helpers import aggregate, decode
+from tests.procs import ServeProcess
 
 
 @dataclass(frozen=True)

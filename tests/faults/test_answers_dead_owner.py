@@ -27,8 +27,9 @@ from nats.aio.client import Client as NATS
 from service import simulate as sim
 from service.config import Settings
 from tests.faults.conftest import Figures, fault_settings
-from tests.faults.procs import ServeProcess, api
+from tests.faults.producer import api
 from tests.faults.workload import script
+from tests.procs import ServeProcess
 
 
 async def request(nc: NATS, subject: str, body: Any) -> tuple[float, Any]:

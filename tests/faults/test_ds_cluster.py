@@ -33,15 +33,16 @@ from service.config import Settings
 from tests.faults.conftest import Cluster, Figures, Node, fault_settings, stream_leader
 from tests.faults.gateway import (
     Follower,
-    GatewayProcess,
     Writer,
     check_stream,
     close_stream,
     create_stream,
+    ds_gateway,
     messages,
     read_all,
 )
 from tests.faults.workload import Clock, Progress
+from tests.procs import GatewayProcess
 
 # Gateways are child processes: the test's own loop only runs HTTP clients, so one loop is
 # enough for the fault paths (the gateways run on uvloop, as in production).
@@ -154,9 +155,9 @@ class Run:
 async def start_gateways(stack: AsyncExitStack, settings: list[Settings]) -> list[GatewayProcess]:
     gateways = []
     for k, s in enumerate(settings):
-        gw = GatewayProcess(s, name=f"gw{k}")
+        gw = ds_gateway(s, name=f"gw{k}")
         stack.callback(gw.close)
-        await gw.start()
+        await gw.start_async()
         gateways.append(gw)
     return gateways
 
@@ -215,7 +216,7 @@ async def test_gateway_killed_mid_append_loses_and_duplicates_nothing(
                 victim = gateways[k % 2]
                 victim.kill()
                 figures[f"kill{k}_at_s"] = run.clock()
-                await victim.start()  # same port: clients that moved away may come back
+                await victim.start_async()  # same port: clients that moved away may come back
                 figures[f"restart{k}_s"] = run.clock() - figures.values[f"kill{k}_at_s"]
 
         async with aiohttp.ClientSession() as http:

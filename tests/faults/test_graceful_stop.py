@@ -18,7 +18,7 @@ import pytest
 from service.client.reader import LiveHub
 from service.config import Settings
 from tests.faults.conftest import Figures, fault_settings
-from tests.faults.procs import RemoteProducer, ServeProcess, api
+from tests.faults.producer import RemoteProducer, api
 from tests.faults.workload import (
     Clock,
     Follower,
@@ -31,6 +31,7 @@ from tests.faults.workload import (
     stored_log,
 )
 from tests.helpers import aggregate, decode
+from tests.procs import ServeProcess
 
 SHUTDOWN_MESSAGE = "interrupted: replica shutting down"
 

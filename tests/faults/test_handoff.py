@@ -22,7 +22,7 @@ from service.config import Settings
 from service.server.api import ServiceApi
 from service.server.replica import Replica
 from tests.faults.conftest import Figures, fault_settings
-from tests.faults.procs import RemoteProducer, ServeProcess, api
+from tests.faults.producer import RemoteProducer, api
 from tests.faults.workload import (
     Follower,
     Progress,
@@ -33,6 +33,7 @@ from tests.faults.workload import (
     stored_log,
 )
 from tests.helpers import wait_for
+from tests.procs import ServeProcess
 
 JOBS = 6
 TOKENS = 240

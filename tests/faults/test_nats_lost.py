@@ -20,7 +20,8 @@ import nats
 from service.config import Settings
 from service.server.replica import Replica
 from tests.faults.conftest import Figures, Node, fault_settings
-from tests.faults.procs import ServeProcess, api
+from tests.faults.producer import api
+from tests.procs import ServeProcess
 
 NO_LEFTOVERS = ("Future exception was never retrieved", "Task was destroyed but it is pending")
 

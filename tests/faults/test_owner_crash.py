@@ -23,7 +23,7 @@ import pytest
 from service import simulate as sim
 from service.client.reader import LiveHub
 from tests.faults.conftest import Figures, fault_settings
-from tests.faults.procs import RemoteProducer, ServeProcess, api
+from tests.faults.producer import RemoteProducer, api
 from tests.faults.workload import (
     Follower,
     Progress,
@@ -35,6 +35,7 @@ from tests.faults.workload import (
     stored_log,
 )
 from tests.helpers import aggregate, decode
+from tests.procs import ServeProcess
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,10 @@ from nats.aio.client import Client as NATS
 from service import simulate as sim
 from service.client.reader import LiveHub
 from service.config import Settings
-from tests.faults.conftest import REPO, Figures
+from tests.faults.conftest import Figures
 from tests.faults.workload import check_log, stored_log
 from tests.helpers import running_replica
+from tests.procs import REPO
 
 
 @dataclass(frozen=True)

@@ -40,11 +40,10 @@ from service import simulate as sim
 from service.client.reader import LiveHub, ReadEvent, read_all
 from service.config import Settings
 from service.http.demo import page_url
-from tests.faults.conftest import REPO
-from tests.faults.procs import ServeProcess, api
+from tests.faults.producer import api
+from tests.procs import REPO, GatewayProcess, ServeProcess
 
 from .chromium import FLAGS, chromium_path, missing_reason
-from .procs import GatewayProcess
 
 pytestmark = [
     pytest.mark.skipif(chromium_path() is None, reason=missing_reason()),
@@ -181,7 +180,8 @@ def processes(
 ) -> Iterator[tuple[ServeProcess, list[GatewayProcess]]]:
     env = {"GENJOBS_JWT_SECRET": SECRET, "GENJOBS_SSE_RETRY_MS": "300"}
     replica = ServeProcess(settings, uvloop=uvloop)
-    gateways = [GatewayProcess(settings, env, uvloop=uvloop) for _ in range(2)]
+    args = ("--log-level", "info")
+    gateways = [GatewayProcess(settings, env=env, args=args, uvloop=uvloop) for _ in range(2)]
     try:
         replica.start()
         for gw in gateways:

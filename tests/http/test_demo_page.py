@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-from tests.faults.conftest import REPO
+from tests.procs import REPO
 
 URL_RE = re.compile(r"(http://127\.0\.0\.1:\d+/demo/\?\S+)")
 

@@ -1,22 +1,11 @@
-"""Real `genjobs serve` processes for fault tests, and a remote producer speaking plain NATS.
-
-A crash test must kill the process that owns the jobs, not a simulation inside the test's own
-event loop: ``kill -9`` leaves no chance to write anything, and SIGTERM goes through the real
-signal handling of ``service/cli.py``. The child's output is drained by a thread for its whole
-life (a full pipe would stall it) and readiness is read from its "genjobs: ready" line.
-"""
+"""A remote producer speaking plain NATS (docs/protocol.md, remote producers), and one API
+request, for the fault and container tests. The processes they talk to: ``tests/procs.py``."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
-import threading
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -25,115 +14,6 @@ from nats.aio.client import Client as NATS
 
 from service.config import Settings
 from service.nats.directget import client_for
-from tests.faults.conftest import REPO
-
-READY_MARK = "genjobs: ready"
-_ENV_FIELDS = (
-    "prefix",
-    "replica_id",
-    "stream_replicas",
-    "completed_ttl",
-    "lease_ttl",
-    "heartbeat_interval",
-    "snapshot_interval",
-    "publish_timeout",
-    "publish_outage_budget",
-    "request_timeout",
-    "shutdown_grace",
-    "nats_lost_exit",
-)
-
-
-def settings_env(s: Settings) -> dict[str, str]:
-    """The ``GENJOBS_*`` variables that make ``Settings.from_env()`` in a child equal ``s``."""
-    known = {f.name for f in fields(Settings)}
-    env = {
-        f"GENJOBS_{name.upper()}": str(getattr(s, name)) for name in _ENV_FIELDS if name in known
-    }
-    assert s.nats_url is not None
-    env["GENJOBS_NATS_URL"] = s.nats_url
-    return env
-
-
-class ServeProcess:
-    """One ``python -m service.cli serve`` child process."""
-
-    def __init__(self, settings: Settings, *, uvloop: bool = False) -> None:
-        self.s = settings
-        self.uvloop = uvloop
-        self.proc: subprocess.Popen[str] | None = None
-        self.ready = threading.Event()
-        self.exited = threading.Event()
-        self.lines: deque[str] = deque(maxlen=400)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self, timeout: float = 30.0) -> None:
-        env = {**os.environ, **settings_env(self.s), "PYTHONUNBUFFERED": "1"}
-        args = [sys.executable, "-m", "service.cli", "serve", "--log-level", "info"]
-        if not self.uvloop:
-            args.append("--no-uvloop")
-        self.proc = subprocess.Popen(
-            args,
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-        )
-        self._thread = threading.Thread(target=self._drain, daemon=True, name="serve-log")
-        self._thread.start()
-        deadline = timeout
-        while not (self.ready.is_set() or self.exited.is_set()) and deadline > 0:
-            self.ready.wait(0.1)
-            deadline -= 0.1
-        if not self.ready.is_set():
-            self.kill()
-            raise RuntimeError("genjobs serve did not become ready:\n" + self.tail())
-
-    def _drain(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stdout is not None
-        with self.proc.stdout:
-            for line in self.proc.stdout:
-                self.lines.append(line.rstrip())
-                if READY_MARK in line:
-                    self.ready.set()
-        self.proc.wait()
-        self.exited.set()
-
-    def tail(self, n: int = 40) -> str:
-        return "\n".join(list(self.lines)[-n:])
-
-    def sigterm(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        """SIGKILL: the replica gets no chance to write anything."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def wait(self, timeout: float) -> int | None:
-        """The exit code, or None if still running after ``timeout``."""
-        assert self.proc is not None
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def close(self) -> None:
-        self.kill()
-        if self._thread is not None:
-            self._thread.join(5)
-
 
 # --- a remote producer (docs/protocol.md, remote producers), in plain NATS requests ----------------------------------
 
