@@ -126,6 +126,8 @@ class DurableHandlers:
         length = request.content_length
         if length is not None and length > limit:
             raise DsError(413, f"Body larger than {limit} bytes")
+        if length is not None:  # the common case: one read of the announced length
+            return await request.content.readexactly(length) if length else b""
         data = bytearray()
         async for chunk in request.content.iter_chunked(1 << 16):
             data += chunk
