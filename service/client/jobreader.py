@@ -99,6 +99,16 @@ class Reader:
                 return prev == self._cursor
         return False
 
+    def at_live_edge(self) -> bool:
+        """Whether this reader has handed out every event it knows of and no re-read is due:
+        the next event is one not received yet (``service/client/fanout.py`` attaches such a
+        reader's consumer to the job's shared delivery)."""
+        if self._error is not None or not self._joined or self._ended or self._ready:
+            return False
+        if self._want != self._have or self._hub._needs_sub:
+            return False
+        return all(ev.seq <= self._cursor for ev, _ in self._inbox)
+
     async def __aenter__(self) -> Reader:
         await self._hub._join(self)
         self._joined = True
