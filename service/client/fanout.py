@@ -261,6 +261,7 @@ class LiveFanout(Generic[P]):
         mine = True  # until the job's group adopts it
         try:
             while True:
+                await reader.catch_up()
                 if reader.at_live_edge():
                     att, adopted = self._attach(job_id, reader, sink)
                     mine = not adopted
