@@ -12,7 +12,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import Settings
-from service.http.app import HEARTBEATS_KEY, HUB_KEY, METRICS_KEY, GatewayServer, build_app
+from service.http.app import (
+    FANOUT_KEY,
+    HEARTBEATS_KEY,
+    HUB_KEY,
+    METRICS_KEY,
+    GatewayServer,
+    build_app,
+)
 from service.http.health import ConnectionWatch, replica_readiness
 from service.nats.embedded import EmbeddedServer
 
@@ -353,12 +360,23 @@ async def test_many_sse_connections_dropped_at_once_leave_nothing_behind(
                     await reader.readuntil(b"retry:")  # the response is open
             app = gw.server.app
             assert len(app[HEARTBEATS_KEY].open) == 500
-            assert app[HUB_KEY].watchers("job-many") == 500
+            fanout = app[FANOUT_KEY]
+
+            async def attached() -> bool:
+                return fanout.sinks("job-many") == 500
+
+            # All at the live edge: one shared delivery, one reader in the hub for 500.
+            await wait_for(attached, timeout=20)
+            assert app[HUB_KEY].watchers("job-many") == 1
             for _, writer in conns:
                 writer.transport.abort()  # all at once, no goodbye
 
             async def released() -> bool:
-                return not app[HEARTBEATS_KEY].open and app[HUB_KEY].watchers("job-many") == 0
+                return (
+                    not app[HEARTBEATS_KEY].open
+                    and app[HUB_KEY].watchers("job-many") == 0
+                    and fanout.groups() == 0
+                )
 
             await wait_for(released, timeout=20)
             # Nothing else was disturbed: a new reader gets the whole job.

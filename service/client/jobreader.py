@@ -99,6 +99,29 @@ class Reader:
                 return prev == self._cursor
         return False
 
+    def at_live_edge(self) -> bool:
+        """Whether this reader has handed out every event it knows of and no re-read is due:
+        the next event is one not received yet (``service/client/fanout.py`` attaches such a
+        reader's consumer to the job's shared delivery)."""
+        if self._error is not None or not self._joined or self._ended or self._ready:
+            return False
+        if self._want != self._have or self.job_id in self._hub._needs_sub:
+            return False
+        return all(ev.seq <= self._cursor for ev, _ in self._inbox)
+
+    async def catch_up(self) -> None:
+        """Do the re-reads that are due (the first one is the replay) without waiting for a
+        live event: afterwards the reader has events ready, is at the live edge, or has a gap
+        to resolve on the next read. Raises: as :meth:`__anext__`."""
+        while self._joined and self._error is None and not self._ready and not self._ended:
+            if self.job_id in self._hub._needs_sub:
+                await self._hub._ensure_live(self.job_id)
+            if self._want == self._have:
+                return
+            await self._fetch()
+        if self._error is not None:
+            raise self._error
+
     async def __aenter__(self) -> Reader:
         await self._hub._join(self)
         self._joined = True

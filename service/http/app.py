@@ -29,17 +29,18 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from nats.aio.client import Client as NATS
 
+from service.client.fanout import LiveFanout
 from service.client.reader import LiveHub
 from service.config import Settings
 
 from .auth import Authenticator
-from .chat import ChatRoutes
+from .chat import ChatRoutes, encode_events
 from .config import HttpSettings
 from .demo import add_demo_routes
 from .errors import error_middleware
 from .health import ConnectionWatch, HealthRoutes, Readiness
 from .metrics import Metrics
-from .sse import Heartbeats
+from .sse import Frames, Heartbeats
 
 log = logging.getLogger("genjobs.http")
 
@@ -49,6 +50,7 @@ METRICS_KEY: Final = web.AppKey("genjobs_metrics", Metrics)
 WATCH_KEY: Final = web.AppKey("genjobs_watch", ConnectionWatch)
 HEARTBEATS_KEY: Final = web.AppKey("genjobs_heartbeats", Heartbeats)
 SETTINGS_KEY: Final = web.AppKey("genjobs_http_settings", HttpSettings)
+FANOUT_KEY: Final = web.AppKey("genjobs_fanout", LiveFanout)
 CORS_HEADERS: Final = (
     "Authorization, Content-Type, Last-Event-ID, Cache-Control, X-Requested-With, "
     "X-LibreChat-Generation-Protocol"
@@ -81,6 +83,13 @@ def build_app(
     hub = hub or LiveHub(nc, settings)
     auth = Authenticator(hs)
     heartbeats = Heartbeats(hs)
+    # One live delivery per job for all its SSE connections at the live edge.
+    fanout: LiveFanout[Frames] = LiveFanout(
+        hub,
+        encode_events,
+        lambda frames, sinks: metrics.events.inc(frames.count * sinks),
+        batch_bytes=max(1, hs.sse_max_buffer // 4),
+    )
     app = web.Application(
         middlewares=[
             _cors_middleware(hs),
@@ -93,7 +102,8 @@ def build_app(
     app[WATCH_KEY] = watch
     app[HEARTBEATS_KEY] = heartbeats
     app[SETTINGS_KEY] = hs
-    ChatRoutes(nc, settings, hs, auth, hub, metrics, heartbeats).add_to(app)
+    app[FANOUT_KEY] = fanout
+    ChatRoutes(nc, settings, hs, auth, hub, metrics, heartbeats, fanout).add_to(app)
     HealthRoutes(nc, settings, hs, metrics, watch, readiness).add_to(app)
     add_demo_routes(app)
     durable = _durable_app(nc, settings, hs)
@@ -117,6 +127,7 @@ def build_app(
         else:
             for sse in list(heartbeats.open):
                 sse.close()
+        await fanout.close()
 
     app.cleanup_ctx.append(background)
     app.on_shutdown.append(on_shutdown)

@@ -14,6 +14,7 @@ from the service API over NATS, every event from the client SDK's :class:`LiveHu
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, Final
 
 import msgspec
@@ -24,7 +25,8 @@ from nats.errors import Error as NatsError
 from schemas.errors import BadRequest, GenjobsError, NotFound
 from schemas.ids import ID_RE
 from service.client import api as upstream
-from service.client.reader import LiveHub, Reader, ReaderError
+from service.client.fanout import LiveFanout
+from service.client.reader import LiveHub, ReaderError, ReadEvent
 from service.config import Settings
 from service.nats.directget import DirectGetError, ReplayTimeout
 
@@ -32,7 +34,7 @@ from .auth import Authenticator, Identity
 from .config import HttpSettings
 from .errors import json_response
 from .metrics import Metrics
-from .sse import Heartbeats, SlowClient, SseResponse, event_frame, frame
+from .sse import Frames, Heartbeats, SlowClient, SseResponse, event_frame, frame
 
 log = logging.getLogger("genjobs.http.chat")
 _enc = msgspec.json.Encoder()
@@ -41,8 +43,6 @@ TERMINAL_STATUSES: Final = frozenset({"complete", "error", "aborted"})
 HIDDEN_KINDS: Final = frozenset({"usage"})
 """Not sent to browsers: token usage is billing data (it stays in the job's log and record)."""
 MAX_SEQ: Final = 2**63 - 1
-MAX_BATCH: Final = 256
-"""Frames written at once at most (a reader catching up has up to reader_queue waiting)."""
 
 NOT_FOUND_BODY: Final = {
     "error": "Stream not found",
@@ -62,6 +62,7 @@ class ChatRoutes:
         hub: LiveHub,
         metrics: Metrics,
         heartbeats: Heartbeats,
+        fanout: LiveFanout[Frames],
     ) -> None:
         self.nc = nc
         self.s = settings
@@ -70,6 +71,7 @@ class ChatRoutes:
         self.hub = hub
         self.metrics = metrics
         self.heartbeats = heartbeats
+        self.fanout = fanout
 
     def add_to(self, app: web.Application) -> None:
         p = self.hs.chat_prefix
@@ -161,8 +163,9 @@ class ChatRoutes:
             with self.heartbeats.register(sse):
                 if sync is not None:
                     await sse.write(sync)
-                async with self.hub.subscribe(job_id, after_seq=start) as reader:
-                    ended = await self._pump(reader, sse, skip_to)
+                # Privately up to the live edge, then on the job's shared delivery.
+                sink = _Sink(sse, skip_to, self.metrics)
+                ended = await self.fanout.follow(job_id, start, sink)
         except SlowClient as e:
             sse.drop_slow(str(e))
         except ConnectionError:
@@ -177,40 +180,6 @@ class ChatRoutes:
         if ended:
             await sse.finish()
         return sse.resp
-
-    async def _pump(self, reader: Reader, sse: SseResponse, skip_to: int) -> bool:
-        """Write the reader's events until the terminal one (returns True) or the end.
-
-        Events that are already waiting (a reader catching up, or a busy loop that let several
-        arrive) go out in one write: one system call for many frames, not one per frame.
-
-        Raises:
-            SlowClient, ConnectionError, and the reader's errors (see Reader.__anext__).
-        """
-        frames: list[bytes] = []
-        limit = max(1, self.hs.sse_max_buffer // 4)  # a batch never jumps the buffer bound
-        async for ev in reader:
-            size = 0
-            while True:
-                if ev.kind not in HIDDEN_KINDS and (ev.seq > skip_to or ev.terminal):
-                    data = event_frame(ev)
-                    frames.append(data)
-                    size += len(data)
-                    if ev.terminal:
-                        await self._flush(sse, frames)
-                        return True
-                if not reader.ready_now() or len(frames) >= MAX_BATCH or size >= limit:
-                    break
-                ev = await anext(reader)  # ready: returns at once, no I/O
-            await self._flush(sse, frames)
-        await self._flush(sse, frames)
-        return False
-
-    async def _flush(self, sse: SseResponse, frames: list[bytes]) -> None:
-        if frames:
-            await sse.write(frames[0] if len(frames) == 1 else b"".join(frames))
-            self.metrics.events.inc(len(frames))
-            frames.clear()
 
     # --- GET /active, GET /status/:conversationId, POST /abort ------------------------------------
 
@@ -283,6 +252,42 @@ class ChatRoutes:
                 if best is None or created > best[0]:
                     best = (created, job_id)
         return None if best is None else best[1]
+
+
+def encode_events(events: Sequence[ReadEvent], skip_to: int = 0) -> Frames | None:
+    """The frames of a batch of events, encoded once for every connection they go to; None
+    when none is sent (token usage; events up to ``skip_to``, which a snapshot covers, except
+    the terminal one: the client needs it to finish)."""
+    frames = [
+        event_frame(ev)
+        for ev in events
+        if ev.kind not in HIDDEN_KINDS and (ev.seq > skip_to or ev.terminal)
+    ]
+    if not frames:
+        return None
+    return Frames(frames[0] if len(frames) == 1 else b"".join(frames), len(frames))
+
+
+class _Sink:
+    """One SSE response as a sink of :class:`LiveFanout`: events it reads on its own are
+    written with the response's waiting, bounded write; shared batches are pushed."""
+
+    __slots__ = ("metrics", "skip_to", "sse")
+
+    def __init__(self, sse: SseResponse, skip_to: int, metrics: Metrics) -> None:
+        self.sse = sse
+        self.skip_to = skip_to
+        self.metrics = metrics
+
+    async def write(self, events: Sequence[ReadEvent]) -> None:
+        """Raises: SlowClient, ConnectionError (see SseResponse.write)."""
+        frames = encode_events(events, self.skip_to)
+        if frames is not None:
+            await self.sse.write(frames.raw)
+            self.metrics.events.inc(frames.count)
+
+    def push(self, payload: Frames) -> bool:
+        return self.sse.push(payload)
 
 
 def _user_body(ident: Identity) -> dict[str, Any]:

@@ -68,6 +68,20 @@ def event_frame(ev: ReadEvent) -> bytes:
     return frame(ev.seq, "error" if ev.kind == "error" else "message", ev.data)
 
 
+class Frames:
+    """A batch of frames encoded once for every connection it goes to: the bytes as the body
+    carries them (``raw``) and as one HTTP/1.1 chunk (``chunked``), ``count`` frames, made at
+    loop time ``at``."""
+
+    __slots__ = ("at", "chunked", "count", "raw")
+
+    def __init__(self, raw: bytes, count: int) -> None:
+        self.raw = raw
+        self.chunked = b"%x\r\n%b\r\n" % (len(raw), raw)
+        self.count = count
+        self.at = asyncio.get_running_loop().time()
+
+
 class SlowClient(Exception):
     """The client kept its buffer full for longer than the grace period."""
 
@@ -75,7 +89,16 @@ class SlowClient(Exception):
 class SseResponse:
     """One open SSE response: write frames, heartbeat, drop a slow client."""
 
-    __slots__ = ("_over_since", "done", "hs", "last_write", "metrics", "request", "resp")
+    __slots__ = (
+        "_over_since",
+        "chunked",
+        "done",
+        "hs",
+        "last_write",
+        "metrics",
+        "request",
+        "resp",
+    )
 
     def __init__(
         self, request: web.Request, resp: web.StreamResponse, hs: HttpSettings, metrics: Metrics
@@ -88,6 +111,8 @@ class SseResponse:
         self._over_since = 0.0
         self.done = False
         """The handler has stopped writing events: no more heartbeats."""
+        # Whether aiohttp frames the body as chunks (HTTP/1.1; an HTTP/1.0 body is raw).
+        self.chunked = resp.headers.get("Transfer-Encoding") == "chunked"
 
     @classmethod
     async def open(
@@ -126,11 +151,35 @@ class SseResponse:
             return
         try:
             async with asyncio.timeout(self.hs.sse_close_grace):
+                # Until the transport is below its low-water mark again. aiohttp's own write
+                # waits only for what went through it, and shared batches (push) do not.
+                await self.request.writer.drain()
                 await self.resp.write(data)
         except TimeoutError:
             raise SlowClient(
                 f"{self.buffered()} bytes unread for {self.hs.sse_close_grace:g}s"
             ) from None
+
+    def push(self, frames: Frames) -> bool:
+        """Write a shared batch (``service/client/fanout.py``) to the socket now, without
+        waiting; False when the client is gone or its buffer is at the high-water mark: the
+        connection then continues on its own through :meth:`write`, whose grace applies.
+
+        The bytes go to the transport directly, framed as the response's chunked body: one
+        encoding and one chunk header per batch for all connections, no task woken per
+        connection. The response's own writes (headers, ``retry:``, heartbeats, the end) go
+        through aiohttp on the same transport, in order.
+        """
+        transport = self.request.transport
+        if (
+            transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size() >= self.hs.sse_max_buffer
+        ):
+            return False
+        transport.write(frames.chunked if self.chunked else frames.raw)
+        self.last_write = frames.at
+        return True
 
     async def heartbeat(self, now: float) -> None:
         """Called by :class:`Heartbeats`: a comment if nothing was written for a while; a client
