@@ -633,43 +633,80 @@ async def test_reader_gives_up_when_the_outage_outlasts_the_budget(
         assert time.monotonic() - t0 >= 0.6  # retried for the whole budget, not given up at once
 
 
-async def test_idle_reader_wakes_once_per_idle_check(
+async def test_idle_check_is_one_per_job_however_many_readers_wait(
     nc: NATS, settings: Settings, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The idle timer must not spin when the loop's timer fires a little early (uvloop's
-    millisecond timers do): about one wake-up per idle check. Before the fix, 100 idle
-    readers made ~100 wake-ups per check under uvloop (49,865 for 500 checks)."""
+    """100 idle readers on each of two jobs: one idle timer and one Direct Get per job and
+    interval, not one per reader (before: 100 timers per job, and a Direct Get per reader
+    every half interval). Intervals are counted by the jobs' timers, not by a clock."""
     from service.client import reader as reader_mod
 
-    timers = 0
+    fires: dict[str, int] = {"quiet1": 0, "quiet2": 0}
+    asks: dict[str, int] = {"quiet1": 0, "quiet2": 0}
     checks = 0
     enough = asyncio.Event()
-    on_timer = reader_mod.Reader._on_timer
+    on_idle = reader_mod._Feed._on_idle
+    last_msg = LiveHub._last_msg
     idle_check = reader_mod.Reader._idle_check
 
-    def counting_timer(self: reader_mod.Reader) -> None:
-        nonlocal timers
-        timers += 1
-        on_timer(self)
+    def counting_on_idle(self: reader_mod._Feed) -> None:
+        fires[self.job_id] += 1
+        on_idle(self)
+
+    async def counting_last_msg(self: LiveHub, job_id: str) -> object:
+        asks[job_id] += 1
+        if min(asks.values()) >= 20:
+            enough.set()
+        return await last_msg(self, job_id)
 
     async def counting_check(self: reader_mod.Reader) -> None:
         nonlocal checks
         checks += 1
-        if checks >= 500:
-            enough.set()
         await idle_check(self)
 
-    monkeypatch.setattr(reader_mod.Reader, "_on_timer", counting_timer)
+    monkeypatch.setattr(reader_mod._Feed, "_on_idle", counting_on_idle)
+    monkeypatch.setattr(LiveHub, "_last_msg", counting_last_msg)
     monkeypatch.setattr(reader_mod.Reader, "_idle_check", counting_check)
     async with LiveHub(nc, settings, idle_check=0.05) as hub, contextlib.AsyncExitStack() as stack:
-        readers = [await stack.enter_async_context(hub.subscribe("quiet")) for _ in range(100)]
+        readers = [
+            await stack.enter_async_context(hub.subscribe(job))
+            for job in ("quiet1", "quiet2")
+            for _ in range(100)
+        ]
         async with asyncio.TaskGroup() as tg:
             waiting = [tg.create_task(anext(r)) for r in readers]
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(WAIT):
                 await enough.wait()
             for w in waiting:
                 w.cancel()
-    assert timers <= 2 * checks, (timers, checks)
+    for job in fires:
+        # Replays are batch gets: every last-message get is an idle check, at most one per
+        # firing of the job's timer (none after a firing that saw live messages).
+        assert 20 <= asks[job] <= fires[job], (job, asks, fires)
+    assert checks <= sum(fires.values()), (checks, fires)
+
+
+async def test_lost_terminal_event_reaches_every_idle_reader_of_the_job(
+    nc: NATS, settings: Settings, js: JetStreamContext, producer: Producer
+) -> None:
+    """One reader checks for all: every one of 50 readers waiting on the job gets the terminal
+    event that was never delivered live."""
+    await producer.emit_many("job", 2)
+    async with LiveHub(nc, settings, idle_check=0.2) as hub, contextlib.AsyncExitStack() as stack:
+        readers = [await stack.enter_async_context(hub.subscribe("job")) for _ in range(50)]
+        async with asyncio.timeout(WAIT):
+            for r in readers:
+                assert [await anext(r), await anext(r)] == producer.sent["job"]
+            await set_republish(js, settings, on=False)
+            await producer.emit("job", "final")  # no live message will ever say so
+
+            async def rest(r: object) -> list[ReadEvent]:
+                return [ev async for ev in r]  # type: ignore[attr-defined]
+
+            async with asyncio.TaskGroup() as tg:
+                tails = [tg.create_task(rest(r)) for r in readers]
+    assert all(t.result() == producer.sent["job"][2:] for t in tails)
+    assert producer.sent["job"][-1].kind == "final"
 
 
 async def test_ready_now_says_whether_the_next_read_returns_at_once(

@@ -20,11 +20,6 @@ from service.nats.stored import StoredMsg
 
 log = logging.getLogger("genjobs.reader")
 
-_TIMER_SLACK = 0.002
-"""uvloop's timers have millisecond granularity and fire up to a millisecond early: a timer
-that re-armed itself for the same instant would spin until then (seen as 100 wake-ups per
-idle check and 12 % of a core for 5,000 idle readers)."""
-
 
 class Hub(Protocol):
     """The side of a :class:`~service.client.reader.LiveHub` its readers use."""
@@ -42,9 +37,7 @@ class Hub(Protocol):
 
     async def _last_msg(self, job_id: str) -> StoredMsg | None: ...
 
-    async def _recent_tail(self, job_id: str) -> int: ...
-
-    def _idle_delay(self) -> float: ...
+    async def _check_tail(self, job_id: str) -> None: ...
 
     def _check_reconnects(self) -> None: ...
 
@@ -58,8 +51,25 @@ class Reader:
     """One reader of one job: ``async with hub.subscribe(job) as r: async for ev in r: ...``.
 
     Every decision is taken in the reading task (:meth:`__anext__`); the live callback only
-    appends to a bounded deque and wakes it, so a reader has no task of its own.
+    appends to a bounded deque and wakes it, so a reader has no task of its own, nor a timer:
+    the job's feed in the hub keeps one idle timer for all its readers.
     """
+
+    __slots__ = (
+        "_cursor",
+        "_ended",
+        "_error",
+        "_have",
+        "_hub",
+        "_inbox",
+        "_joined",
+        "_ready",
+        "_waiter",
+        "_want",
+        "catchups",
+        "job_id",
+        "last_seq",
+    )
 
     def __init__(self, hub: Hub, job_id: str, after_seq: int) -> None:
         self.job_id = job_id
@@ -75,10 +85,6 @@ class Reader:
         self._joined = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[bool] | None = None
-        # One idle timer, re-armed lazily: a timer created and cancelled on every wait cost
-        # more than the rest of the live path at thousands of deliveries per second.
-        self._idle_at = 0.0
-        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def buffered(self) -> int:
@@ -129,9 +135,6 @@ class Reader:
 
     async def __aexit__(self, *exc: object) -> None:
         self._joined = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         self._inbox.clear()
         self._ready.clear()
         await self._hub._leave(self)
@@ -254,40 +257,43 @@ class Reader:
             self._ended = last.header(hdr.KIND) in TERMINAL_KINDS
 
     async def _wait(self) -> None:
-        """Wait for a live message, or until ``idle_check`` seconds passed without any."""
-        loop = asyncio.get_running_loop()
-        if self._idle_at == 0.0:
-            self._idle_at = loop.time() + self._hub._idle_delay()
-        if self._timer is None:
-            self._timer = loop.call_at(self._idle_at, self._on_timer)
-        self._waiter = loop.create_future()
+        """Wait for a live message, or for the job's idle timer to pick this reader to check."""
+        self._waiter = asyncio.get_running_loop().create_future()
         try:
             woke = await self._waiter
         finally:
             self._waiter = None
         if not woke:
             await self._idle_check()
-        self._idle_at = loop.time() + self._hub._idle_delay()
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        if self._waiter is None:
-            return  # not waiting: the next wait arms the timer again
-        loop = asyncio.get_running_loop()
-        if loop.time() + _TIMER_SLACK < self._idle_at:
-            self._timer = loop.call_at(self._idle_at, self._on_timer)
-        else:
-            _wake(self._waiter, False)
+    def _wake_to_check(self) -> bool:
+        """Called by the job's idle timer: wake this reader to do the job's idle check, if it
+        waits with nothing pending. Returns whether it will."""
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._want != self._have or self._error is not None:
+            return False
+        waiter.set_result(False)
+        return True
+
+    def _behind(self, last_seq: int) -> None:
+        """An idle check found ``last_seq`` stored: re-read if that is past what this reader
+        has and nothing queued will bring it (a live message was lost)."""
+        if (
+            last_seq > self._cursor
+            and self._want == self._have
+            and not self._inbox
+            and not self._ended
+            and self._error is None
+        ):
+            self._resync()
 
     async def _idle_check(self) -> None:
-        """Nothing came for a while: make sure nothing (the terminal event above all) was lost."""
+        """Nothing came for a while: make sure nothing (the terminal event above all) was lost.
+        One reader of the job does it for all of them (:meth:`_behind`)."""
         self._hub._check_reconnects()
         if self._want != self._have:
             return
         try:
-            last_seq = await self._hub._recent_tail(self.job_id)
+            await self._hub._check_tail(self.job_id)
         except ReplayTimeout as e:
             log.warning("idle check of job %s failed, next one later: %s", self.job_id, e)
-            return
-        if last_seq > self._cursor:
-            self._want += 1

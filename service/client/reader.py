@@ -18,8 +18,11 @@ live events are dropped and it re-reads from its cursor when it reads again. Not
 (the dropped events are in the stream) and nothing new has to be handled by callers; memory stays
 bounded however long a reader sleeps.
 
-A lost *terminal* event is revealed by no later live message, so a reader that has waited
-``idle_check`` seconds (jittered) asks for the subject's last seq. After a reconnect every reader
+A lost *terminal* event is revealed by no later live message, so a job whose live subject has
+been quiet for an ``idle_check`` interval (jittered) is checked: one of its waiting readers asks
+for the subject's last seq, for all of them (one timer and one Direct Get per job and interval
+in a hub, however many readers wait; each reader behind that seq re-reads from its cursor).
+After a reconnect every reader
 re-reads from its cursor: the connection's owner calls :meth:`LiveHub.on_reconnected` from its
 ``reconnected_cb``, and the hub also notices the connection's reconnect counter change on the
 next live message or idle check.
@@ -66,9 +69,13 @@ PresenceCallback = Callable[[str], Awaitable[None]]
 
 
 class _Feed:
-    """The one live subscription of a job in a hub, fanned out to the job's readers."""
+    """The one live subscription of a job in a hub, fanned out to the job's readers.
 
-    __slots__ = ("hub", "job_id", "local", "readers", "sub", "tail_at", "tail_seq")
+    It also owns the job's one idle timer: however many readers wait on the job, one Direct
+    Get per idle interval asks for its last seq (see :meth:`_on_idle`).
+    """
+
+    __slots__ = ("hub", "job_id", "live", "local", "readers", "seen", "sub", "timer")
 
     def __init__(self, hub: LiveHub, job_id: str) -> None:
         self.hub = hub
@@ -76,12 +83,32 @@ class _Feed:
         self.readers: set[Reader] = set()
         self.sub: Subscription | None = None
         self.local = False  # fed by the job's actor in this process (service/nats/localtap.py)
-        # The job's last stored seq as an idle check saw it, and when that check started:
-        # the job's other idle readers reuse it for half an idle interval (LiveHub._recent_tail).
-        self.tail_at = -1e18
-        self.tail_seq = 0
+        self.live = 0  # live messages so far; ``seen``: as the idle timer last saw it
+        self.seen = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def arm(self) -> None:
+        self.timer = asyncio.get_running_loop().call_later(self.hub._idle_delay(), self._on_idle)
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _on_idle(self) -> None:
+        """An idle interval passed. If no live message came in it, one waiting reader is woken
+        to ask for the job's last seq, for all of them (:meth:`LiveHub._check_tail`); the
+        others sleep on. A lost event is found within one to two intervals."""
+        self.arm()
+        if self.live != self.seen:
+            self.seen = self.live
+            return
+        for reader in self.readers:
+            if reader._wake_to_check():
+                return
 
     def on_local(self, seq: int, prev: int, kind: str, index: int, data: bytes) -> None:
+        self.live += 1
         item = (ReadEvent(seq, index, kind, data), prev)
         for reader in self.readers:
             reader._on_live(item)
@@ -101,6 +128,7 @@ class _Feed:
             log.warning("ignoring a live message without sequence headers on %s", msg.subject)
             return
         self.hub._check_reconnects()
+        self.live += 1
         item = (live_event(seq, h, msg.data), prev)  # one object for all readers of the job
         for reader in self.readers:
             reader._on_live(item)
@@ -208,6 +236,7 @@ class LiveHub:
             return
         feed = self._feeds[job_id] = _Feed(self, job_id)
         feed.readers.add(reader)
+        feed.arm()
         if self._tap.attach(self._s.live_subject(job_id), feed):
             feed.local = True  # the job's actor runs on this connection: no NATS round trip
             if self._on_first is not None:
@@ -220,6 +249,7 @@ class LiveHub:
                 raise HubClosed("hub closed", job_id, reader.last_seq)
             feed.sub = sub
         except BaseException as e:
+            feed.disarm()
             if self._feeds.get(job_id) is feed:
                 del self._feeds[job_id]
             for other in feed.readers - {reader}:
@@ -251,6 +281,7 @@ class LiveHub:
 
     async def _stop(self, feed: _Feed) -> asyncio.Task[None] | None:
         """Unsubscribe; returns the (now cancelling) task nats-py ran for the subscription."""
+        feed.disarm()
         if feed.local:
             self._tap.detach(self._s.live_subject(feed.job_id), feed)
             feed.local = False
@@ -281,28 +312,16 @@ class LiveHub:
             ),
         )
 
-    async def _recent_tail(self, job_id: str) -> int:
-        """The job's last stored seq, as of at most ``idle_check / 2`` seconds ago.
-
-        Idle checks are per reader, but their answer is per job: a gateway with thousands of
-        idle readers on a few jobs would otherwise send one Direct Get per reader and
-        interval. The first reader of a job to check asks the stream; the job's other readers
-        reuse that answer for half an interval, so a lost event is still found within about
-        1.5 intervals, with one request per job and half interval however many readers wait.
-        The answer is recorded only once the request returned (a cancelled reader leaves the
-        feed as it was).
-        """
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        feed = self._feeds.get(job_id)
-        if feed is not None and started - feed.tail_at < self._idle / 2:
-            return feed.tail_seq
+    async def _check_tail(self, job_id: str) -> None:
+        """The idle check of a job (one per job and quiet interval, see :meth:`_Feed._on_idle`):
+        its last stored seq, asked once; every reader of the job that waits behind it
+        re-reads from its cursor (a live message, the terminal event above all, was lost)."""
         last = await self._last_msg(job_id)
         seq = 0 if last is None else last.seq
         feed = self._feeds.get(job_id)
-        if feed is not None and started > feed.tail_at:
-            feed.tail_at, feed.tail_seq = started, seq
-        return seq
+        if feed is not None:
+            for reader in feed.readers:
+                reader._behind(seq)
 
     async def _last_msg(self, job_id: str) -> StoredMsg | None:
         subject = self._s.events_subject(job_id)
