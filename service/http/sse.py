@@ -1,9 +1,11 @@
 """Server-sent events for one job: frames with ``id: <stream seq>``, heartbeats, slow clients.
 
-A response is one task (aiohttp's handler task) that reads the job with the client SDK's
-:class:`~service.client.reader.Reader` and writes the events as they come (those already
-waiting in one write); no other task per connection: one :class:`Heartbeats` task per process
-walks the open responses.
+A response is one task (aiohttp's handler task) that hands its connection to the job's one
+live delivery in this process (``service/client/fanout.py``): connections at the live edge share
+one reader, and each batch of events is encoded once (:class:`Frames`: the SSE bytes and the HTTP
+chunk) and pushed to every attached connection's transport; a connection that resumes from
+further back catches up on its own first. No other task per connection: one
+:class:`Heartbeats` task per process walks the open responses.
 
 Every frame carries ``id: <seq>``, the event's stream sequence, so a browser's ``EventSource``
 reconnect (``Last-Event-ID``) continues after the last frame it parsed, with no gap and no
