@@ -45,7 +45,7 @@ from service.config import Settings
 from service.nats.store import Store
 from service.server.liveness import Liveness
 from service.server.owner_link import NoAnswer, OwnerLink
-from service.server.reads import load_authorized
+from service.server.reads import authorize, load_authorized
 from service.server.replies import send, send_error
 from service.server.takeover import Takeover
 
@@ -85,6 +85,15 @@ class Aborts:
             NotFound, Forbidden; Unavailable if the job kept moving (or its owner stayed
             silent) for ``MAX_LOOKS`` looks.
         """
+        handle = self.registry.get(job_id)
+        if handle is not None:
+            # The actor runs here: it holds the job's record (user and tenant never change), so
+            # the abort goes straight in, without reading the record from KV first. If the actor
+            # has gone meanwhile, the loop below looks at the record as for any other job.
+            authorize(handle.record, user_id, tenant_id)
+            here = await self.abort_here(handle, by)
+            if here is not None:
+                return here
         not_here: str | None = None  # an owner that said it does not run the job
         for _ in range(MAX_LOOKS):
             rec, rev = await load_authorized(self.store, job_id, user_id, tenant_id)
