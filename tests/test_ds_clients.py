@@ -26,7 +26,8 @@ import pytest
 from service.client.reader import LiveHub
 from service.config import Settings
 from service.server.replica import Replica
-from tests.faults.gateway import GatewayProcess, stream_url
+from tests.faults.gateway import ds_gateway, stream_url
+from tests.procs import GatewayProcess
 from tests.faults.workload import Producer, script, stored_log
 from tests.helpers import decode
 
@@ -60,13 +61,13 @@ class LiveJob:
 
     def __init__(self, settings: Settings) -> None:
         self.s = settings.with_(long_poll_timeout=1.0)
-        self.gateway = GatewayProcess(self.s, name="gw")
+        self.gateway = ds_gateway(self.s, name="gw")
         self.replica = Replica(self.s)
         self.job_id = ""
         self.producer: Producer | None = None
 
     async def __aenter__(self) -> LiveJob:
-        await self.gateway.start()
+        await self.gateway.start_async()
         await self.replica.start()
         job = await self.replica.create_job("user1")
         self.job_id = job.job_id
