@@ -62,11 +62,7 @@ DS_PSEQ: Final = "Ds-Psq"
 DS_SEQ: Final = "Ds-Seq"
 """The append's ``Stream-Seq``."""
 DS_APPEND: Final = "Ds-Aid"
-"""An id unique per request (a random prefix per process and a counter): finds an append
-whose publish ack was lost."""
-DS_GONE: Final = "Ds-Gone"
-"""On the message a soft-deletion adds to the stream's subject: every gateway's append fenced
-on the state before it fails, and re-reads the record (which says 410)."""
+"""A random id per request: finds an append whose publish ack was lost."""
 
 # --- nats.micro ------------------------------------------------------------------------------
 

@@ -76,9 +76,6 @@ class Settings:
     long_poll_timeout: float = 20.0
     """Durable Streams: how long a long-poll waits for data before answering 204, and the
     keep-alive interval of an SSE reader (docs/http.md)."""
-    ds_cache_bytes: int = 64 * 1024 * 1024
-    """Durable Streams: memory a gateway may hold of stored messages to serve reads without
-    Direct Gets (payloads, headers and per-message overhead; 0 turns the cache off)."""
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)

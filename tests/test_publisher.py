@@ -11,21 +11,15 @@ from service.nats.provision import provision
 from service.nats.publisher import FencedPublisher, PublishRejected
 
 
-@pytest.fixture(params=[True, False], ids=["inline", "nats-py"])
-def inline(request: pytest.FixtureRequest) -> bool:
-    """Acks handled inline from raw bytes, or through nats-py's subscription: same results."""
-    return bool(request.param)
-
-
 def _headers(index: int, writer: str = "r1") -> dict[str, str]:
     return {"Genjobs-Kind": "step", "Genjobs-Index": str(index), "Genjobs-Writer": writer}
 
 
 async def test_retry_after_a_lost_ack_returns_the_stored_sequence_without_a_duplicate(
-    nc: NATS, settings: Settings, inline: bool
+    nc: NATS, settings: Settings
 ) -> None:
     await provision(nc.jetstream(), settings)
-    pub = FencedPublisher(nc, timeout=2, inline=inline)
+    pub = FencedPublisher(nc, timeout=2)
     await pub.start()
     subject = settings.events_subject("j")
     s1 = await pub.publish_fenced(
@@ -45,10 +39,10 @@ async def test_retry_after_a_lost_ack_returns_the_stored_sequence_without_a_dupl
 
 
 async def test_another_writer_at_the_same_index_fences_the_old_owner_out(
-    nc: NATS, settings: Settings, inline: bool
+    nc: NATS, settings: Settings
 ) -> None:
     await provision(nc.jetstream(), settings)
-    pub = FencedPublisher(nc, timeout=2, inline=inline)
+    pub = FencedPublisher(nc, timeout=2)
     await pub.start()
     subject = settings.events_subject("j")
     s1 = await pub.publish_fenced(
@@ -73,12 +67,10 @@ async def test_another_writer_at_the_same_index_fences_the_old_owner_out(
     await pub.close()
 
 
-async def test_a_refused_event_is_a_store_failure(
-    nc: NATS, settings: Settings, inline: bool
-) -> None:
+async def test_a_refused_event_is_a_store_failure(nc: NATS, settings: Settings) -> None:
     small = settings.with_(max_events_per_job=1)
     await provision(nc.jetstream(), small)
-    pub = FencedPublisher(nc, timeout=2, inline=inline)
+    pub = FencedPublisher(nc, timeout=2)
     await pub.start()
     subject = small.events_subject("j")
     s1 = await pub.publish_fenced(
@@ -102,14 +94,3 @@ def test_a_fenced_write_still_in_flight_on_a_replicated_stream_is_retried_not_re
     assert PublishRejected(10164, "wrong last sequence", 400).transient
     assert not PublishRejected(10071, "wrong last sequence: 7", 400).transient
     assert not PublishRejected(10077, "maximum messages per subject exceeded", 503).transient
-
-
-async def test_a_publish_nobody_answers_is_a_transient_refusal(nc: NATS, inline: bool) -> None:
-    pub = FencedPublisher(nc, timeout=2, inline=inline)
-    await pub.start()
-    with pytest.raises(PublishRejected) as e:
-        await pub.publish_once("nobody.stores.this", b"x", {"Genjobs-Index": "0"})
-    assert e.value.err_code == 503
-    assert e.value.transient
-    assert pub.in_flight == 0
-    await pub.close()

@@ -35,7 +35,6 @@ from nats.aio.subscription import Subscription
 
 from schemas import headers as hdr
 from schemas.errors import OwnershipLost, StoreFailed
-from service.nats import compat
 from service.nats.directget import DirectGetError, client_for
 from service.nats.outage import Outage, OutagePolicy
 
@@ -100,16 +99,9 @@ class FencedPublisher:
     """Publishes with acks over one wildcard inbox subscription. One per connection."""
 
     def __init__(
-        self,
-        nc: NATS,
-        *,
-        timeout: float = 5.0,
-        policy: OutagePolicy | None = None,
-        inline: bool = True,
+        self, nc: NATS, *, timeout: float = 5.0, policy: OutagePolicy | None = None
     ) -> None:
         self._nc = nc
-        self._inline = inline  # False: acks take nats-py's own path (tests cover both)
-        self._routes: dict[int, compat.RawHandler] | None = None
         self._timeout = timeout
         self._policy = policy or OutagePolicy()
         self.outage_retries = 0
@@ -122,19 +114,10 @@ class FencedPublisher:
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
-        """Subscribe to the acks' inbox. Acks are handled inline in nats-py's read loop from
-        their raw bytes (:func:`compat.raw_routes`, as Direct Get replies are): no ``Msg``,
-        header dict, subscription queue or task switch per ack."""
         self._sub = await self._nc.subscribe(self._prefix + ".*", cb=self._on_ack)
-        if self._inline:
-            self._routes = compat.raw_routes(self._nc)
-            self._routes[compat.subscription_id(self._sub)] = self._on_raw_ack
 
     async def close(self) -> None:
         if self._sub is not None:
-            if self._routes is not None:
-                self._routes.pop(compat.subscription_id(self._sub), None)
-                self._routes = None
             await self._sub.unsubscribe()
             self._sub = None
         for fut in self._pending.values():
@@ -158,22 +141,6 @@ class FencedPublisher:
             return
         try:
             fut.set_result(_ack_decoder.decode(msg.data))
-        except msgspec.DecodeError as e:
-            fut.set_exception(PublishRejected(0, f"undecodable ack: {e}"))
-
-    def _on_raw_ack(self, subject: bytes, headers: bytes | None, data: bytes) -> None:
-        """One ack inline in the read loop (see :meth:`start`); never raises into it."""
-        token = subject[len(self._prefix) + 1 :].decode("ascii", "replace")
-        fut = self._pending.pop(token, None)
-        if fut is None or fut.done():
-            return  # a late ack for a publish that already timed out; the retry resolves it
-        if not data and headers is not None and headers[9:12] == b"503":
-            fut.set_exception(
-                PublishRejected(503, "no responders: the event stream is unavailable", 503)
-            )
-            return
-        try:
-            fut.set_result(_ack_decoder.decode(data))
         except msgspec.DecodeError as e:
             fut.set_exception(PublishRejected(0, f"undecodable ack: {e}"))
 

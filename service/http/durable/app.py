@@ -28,7 +28,7 @@ from .collector import Collector
 from .jobs import JobStreams
 from .lifecycle import Lifecycle
 from .live import LiveWatchers
-from .model import AppendRequest, CreateSpec, DsError, Producer, StaleRecord, StreamRecord
+from .model import AppendRequest, CreateSpec, DsError, Producer, StreamRecord
 from .reading import Readers, View, parse_read_query
 from .storage import DurableStore
 
@@ -51,9 +51,6 @@ READERS: Final = web.AppKey("ds_readers", Readers)
 APPENDS: Final = web.AppKey("ds_appends", Appends)
 SETTINGS: Final = web.AppKey("ds_settings", Settings)
 MOUNT: Final = web.AppKey("ds_mount", str)
-
-STALE_RETRIES: Final = 5
-"""Tries of a POST whose stream's record keeps changing under it (then 503)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -126,8 +123,6 @@ class DurableHandlers:
         length = request.content_length
         if length is not None and length > limit:
             raise DsError(413, f"Body larger than {limit} bytes")
-        if length is not None:  # the common case: one read of the announced length
-            return await request.content.readexactly(length) if length else b""
         data = bytearray()
         async for chunk in request.content.iter_chunked(1 << 16):
             data += chunk
@@ -232,43 +227,10 @@ class DurableHandlers:
             raise DsError(400, "Empty body")
         if body and not content_type:
             raise DsError(400, "Content-Type header is required")
-        # First with the record this gateway has cached (the append's fence revalidates it);
-        # anything but a stored append is answered only on a record just read.
-        for attempt in range(STALE_RETRIES):
-            try:
-                return await self._append(
-                    request, name, body, content_type, close, producer, attempt == 0
-                )
-            except StaleRecord:
-                continue
-        raise DsError(503, "the stream kept changing during the append", {"Retry-After": "1"})
-
-    async def _append(
-        self,
-        request: web.Request,
-        name: str,
-        body: bytes,
-        content_type: str | None,
-        close: bool,
-        producer: Producer | None,
-        cached: bool,
-    ) -> web.StreamResponse:
-        """One try of a POST.
-
-        Raises:
-            DsError: the answer if it is not a success.
-            StaleRecord: the record changed (or was stale in the cache); try again.
-        """
-        rec, _ = await self.life.resolve(name, touch=True, cached=cached)
-        if not may_access(rec.user, rec.tenant, principal_of(request)):
-            if cached:
-                raise StaleRecord(name)
-            raise DsError(403, "Not your stream")
+        rec, _ = await self._stream(request, name, touch=True)
         payload: bytes | None = None
         if body:
             if p.media_type(content_type) != p.media_type(rec.content_type):
-                if cached:
-                    raise StaleRecord(name)
                 # A closed stream answers "closed" first (the specification's precedence).
                 tail, closed = await self.store.tail(self.store.source(rec))
                 if closed:
@@ -283,15 +245,10 @@ class DurableHandlers:
                 try:
                     payload = p.json_fragment(body, allow_empty=False)
                 except p.JsonBodyError as e:
-                    if cached:
-                        raise StaleRecord(name) from e
                     raise DsError(400, str(e)) from e
         outcome = await self.app[APPENDS].append(
-            name,
             rec,
-            AppendRequest(
-                payload, close=close, producer=producer, stream_seq=request.headers.get(p.H_SEQ)
-            ),
+            AppendRequest(payload, close=close, producer=producer, stream_seq=h.get(p.H_SEQ)),
         )
         return web.Response(status=outcome.status, headers=outcome.headers)
 

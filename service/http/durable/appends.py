@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import uuid
 import weakref
@@ -23,11 +22,11 @@ from dataclasses import dataclass
 from typing import Final
 
 from schemas import headers as hdr
-from service.nats.directget import DirectGetError, ReplayTimeout, StoredMsg
+from service.nats.directget import DirectGetError, ReplayTimeout
 from service.nats.outage import TRANSIENT_ERRORS, Outage
 from service.nats.publisher import WRONG_LAST_SEQUENCE, PublishRejected, PublishTimeout
 
-from .model import AppendOutcome, AppendRequest, DsError, StaleRecord, StreamRecord, StreamState
+from .model import AppendOutcome, AppendRequest, DsError, StreamRecord, StreamState
 from .rules import as_stored, decide, message_headers, success
 from .storage import DurableStore
 
@@ -47,10 +46,6 @@ _UNAVAILABLE: Final[tuple[type[Exception], ...]] = (
 class Appends:
     def __init__(self, store: DurableStore) -> None:
         self.store = store
-        # Append ids: unique per process (a random prefix) and request (a counter), no uuid4
-        # per append.
-        self._aid_prefix = uuid.uuid4().hex[:16]
-        self._aids = itertools.count(1)
         self._queues: dict[str, deque[_Waiting]] = {}
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -60,23 +55,18 @@ class Appends:
             lock = self._locks[inc] = asyncio.Lock()
         return lock
 
-    async def append(self, name: str, rec: StreamRecord, req: AppendRequest) -> AppendOutcome:
+    async def append(self, rec: StreamRecord, req: AppendRequest) -> AppendOutcome:
         """Validate against the stream's state and store, exactly once, fenced.
 
         Appends to one stream wait their turn here; the one whose turn it is commits every
         append queued behind it too, validated in order, as one atomic batch (a single round
-        trip): under load the throughput of a stream grows with its writers. ``rec`` may
-        come from the gateway's cache: a refusal, a duplicate, and a fence failure that no
-        new message of the stream explains are answered only once ``name``'s record, read
-        again, is still ``rec``'s incarnation.
+        trip): under load the throughput of a stream grows with its writers.
 
         Raises:
             DsError: the append's refusal; 503 JetStream unavailable past the outage
                 budget; 500 refused by JetStream.
-            StaleRecord: ``rec`` is no longer the stream's record: resolve it again.
         """
-        aid = f"{self._aid_prefix}{next(self._aids):x}"
-        me = _Waiting(req, aid, name, asyncio.get_running_loop().create_future())
+        me = _Waiting(req, uuid.uuid4().hex, asyncio.get_running_loop().create_future())
         queue = self._queues.setdefault(rec.inc, deque())
         queue.append(me)
         try:
@@ -100,7 +90,7 @@ class Appends:
         the accepted ones published together, fenced on the state's last sequence."""
         try:
             await self._commit_group(rec, group)
-        except (DsError, StaleRecord) as e:
+        except DsError as e:
             for w in group:
                 _answer(w, e)
         except Exception as e:
@@ -165,9 +155,8 @@ class Appends:
         accepted, verdicts = _validate(st, todo)
         if verdicts and not fresh:
             # A refusal or a duplicate must not rest on a stale cache: another gateway may
-            # have appended, or deleted the stream. Only a publish is fenced by the server.
+            # have appended. Only a publish is fenced by the server.
             st, _ = await self.store.catch_up(rec, st)
-            await self._check_record(group[0].name, rec)
             return st, True
         for w, verdict in verdicts:
             _answer(w, verdict)
@@ -178,21 +167,10 @@ class Appends:
         except PublishRejected as e:
             if e.err_code != WRONG_LAST_SEQUENCE:
                 raise
-            # Fenced out: another writer appended, an earlier attempt of ours landed late, or
-            # the stream was deleted (its subject purged) or soft-deleted (marked gone).
-            before = st.tail
+            # Fenced out: another writer appended, or an earlier attempt of ours landed late.
             st, landed = await self.store.catch_up(rec, st, look_for=ids)
             _answer_landed(st, ids, landed)
-            if st.gone or st.tail == before:
-                await self._check_record(group[0].name, rec)
         return st, True
-
-    async def _check_record(self, name: str, rec: StreamRecord) -> None:
-        """Raises StaleRecord unless ``name``'s record, read now, is ``rec``'s incarnation
-        and not soft-deleted."""
-        got = await self.store.lookup(name)
-        if got is None or got[0].inc != rec.inc or got[0].deleted:
-            raise StaleRecord(name)
 
     async def _publish(self, rec: StreamRecord, st: StreamState, accepted: list[_Accepted]) -> None:
         """Store ``accepted`` (one publish, or one atomic batch), fenced on ``st.tail``; apply
@@ -202,14 +180,11 @@ class Appends:
             PublishRejected, PublishTimeout: as the publisher's.
         """
         subject = self.store.subject(rec.inc)
-        fence = st.tail
-        accepted[0][1][hdr.EXPECTED_LAST_SUBJECT_SEQ] = str(fence)
+        accepted[0][1][hdr.EXPECTED_LAST_SUBJECT_SEQ] = str(st.tail)
         if len(accepted) == 1:
             w, headers, closed = accepted[0]
-            payload = w.req.payload or b""
-            seq = await self.store.publisher.publish_once(subject, payload, headers)
-            stored = [StoredMsg(seq, payload, headers=headers)]
-            st.apply(stored[0])
+            seq = await self.store.publisher.publish_once(subject, w.req.payload or b"", headers)
+            st.apply(as_stored(seq, headers))
             _answer(w, success(w.req, seq, closed))
         else:
             last, count = await self.store.publisher.publish_batch(
@@ -218,14 +193,10 @@ class Appends:
             if count != len(accepted):
                 raise DsError(500, f"batch of {len(accepted)} stored as {count}")
             # An atomic batch is stored in one piece: consecutive sequences.
-            stored = []
             for i, (w, headers, closed) in enumerate(accepted):
-                m = StoredMsg(last - count + 1 + i, w.req.payload or b"", headers=headers)
-                stored.append(m)
-                st.apply(m)
-                _answer(w, success(w.req, m.seq, closed))
-        # The fence proves these are every message of the subject after ``fence``.
-        self.store.messages.stored(subject, fence, stored)
+                seq = last - count + 1 + i
+                st.apply(as_stored(seq, headers))
+                _answer(w, success(w.req, seq, closed))
         self.store.remember(rec.inc, st)
         await self.store.snapshot(rec, st)
 
@@ -234,7 +205,6 @@ class Appends:
 class _Waiting:
     req: AppendRequest
     append_id: str
-    name: str
     future: asyncio.Future[AppendOutcome]
 
 
@@ -255,10 +225,10 @@ def _take(queue: deque[_Waiting]) -> list[_Waiting]:
     return group
 
 
-def _answer(w: _Waiting, verdict: AppendOutcome | DsError | StaleRecord) -> None:
+def _answer(w: _Waiting, verdict: AppendOutcome | DsError) -> None:
     if w.future.done():
         return
-    if isinstance(verdict, Exception):
+    if isinstance(verdict, DsError):
         w.future.set_exception(verdict)
         w.future.exception()  # retrieved: the waiting request re-raises it
     else:

@@ -15,8 +15,6 @@ import uuid
 from msgspec.structs import replace
 from nats.js.errors import KeyWrongLastSequenceError
 
-from service.nats.directget import StoredMsg
-
 from . import protocol as p
 from .model import (
     M_CLOSE,
@@ -38,16 +36,13 @@ class Lifecycle:
     def __init__(self, store: DurableStore) -> None:
         self.store = store
 
-    async def resolve(
-        self, name: str, *, touch: bool, cached: bool = False
-    ) -> tuple[StreamRecord, int]:
+    async def resolve(self, name: str, *, touch: bool) -> tuple[StreamRecord, int]:
         """The live record of ``name``; expires it on the way if its time has come.
-        ``cached``: as :meth:`DurableStore.lookup`'s (appends only).
 
         Raises:
             DsError: 404 no such stream (or it just expired), 410 soft-deleted.
         """
-        got = await self.store.lookup(name, cached=cached)
+        got = await self.store.lookup(name)
         if got is None:
             raise DsError(404, "Stream not found")
         rec, rev = got
@@ -64,10 +59,7 @@ class Lifecycle:
         """Remove an expired stream; one with forks is soft-deleted. True: it is soft-deleted."""
         while True:
             if rec.refs:
-                if rec.deleted:
-                    return True
-                if await self.store.update(name, replace(rec, deleted=True), rev):
-                    await self.store.mark_gone(rec)
+                if rec.deleted or await self.store.update(name, replace(rec, deleted=True), rev):
                     return True
             elif await self._destroy(name, rec, rev):
                 return False
@@ -185,13 +177,12 @@ class Lifecycle:
             await self.store.purge(inc)
             raise DsError(409, "Source stream was deleted while forking")
         try:
-            rev = await self.store.kv.create(name_key(name), encode(rec))
+            await self.store.kv.create(name_key(name), encode(rec))
         except KeyWrongLastSequenceError:
             await self.store.purge(inc)
             if fork is not None:
                 await self.drop_ref(fork.source, fork.source_inc, inc)
             return None
-        self.store.records.put(name, rec, int(rev))
         return CreateOutcome(True, rec, max(tail, rec.base), spec.closed)
 
     async def _fork_source(self, source: str) -> tuple[StreamRecord, int]:
@@ -207,7 +198,7 @@ class Lifecycle:
         return rec, rev
 
     async def _sub_offset_prefix(self, src: StreamRecord, offset: int, sub: int) -> bytes:
-        first = await self._first_data_after(src, offset)
+        first = await self.store.first_data_after(src, offset)
         if first is None:
             raise DsError(400, "Invalid fork sub-offset: no data past the fork offset")
         if p.is_json(src.content_type):
@@ -218,19 +209,6 @@ class Lifecycle:
         if sub > len(first.data):
             raise DsError(400, "Invalid fork sub-offset: overshoots the message length")
         return first.data[:sub]
-
-    async def _first_data_after(self, rec: StreamRecord, after: int) -> StoredMsg | None:
-        """The first message with data after ``after`` (for a fork's sub-offset)."""
-        x = after
-        src = self.store.source(rec)
-        while True:
-            res = await self.store.read(src, x, max_msgs=64)
-            for m in res.msgs:
-                if m.data:
-                    return m
-            if res.up_to_date or not res.msgs:
-                return None
-            x = res.next_seq
 
     async def _add_ref(self, name: str, source: tuple[StreamRecord, int], inc: str) -> bool:
         rec, rev = source
@@ -254,7 +232,6 @@ class Lifecycle:
             rec, rev = await self.resolve(name, touch=False)
             if rec.refs:
                 if await self.store.update(name, replace(rec, deleted=True), rev):
-                    await self.store.mark_gone(rec)
                     return
             elif await self._destroy(name, rec, rev):
                 return
@@ -262,7 +239,6 @@ class Lifecycle:
     async def _destroy(self, name: str, rec: StreamRecord, rev: int) -> bool:
         """Remove record and data, then release the source's reference (cascading to a
         soft-deleted source nobody reads any more). False: the record changed meanwhile."""
-        self.store.records.drop(name)
         try:
             await self.store.kv.delete(name_key(name), last=rev)
         except KeyWrongLastSequenceError:

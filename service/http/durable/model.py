@@ -29,7 +29,6 @@ M_EPOCH: Final = hdr.DS_EPOCH
 M_PSEQ: Final = hdr.DS_PSEQ
 M_SEQ: Final = hdr.DS_SEQ
 M_APPEND: Final = hdr.DS_APPEND
-M_GONE: Final = hdr.DS_GONE
 
 
 class DsError(Exception):
@@ -40,11 +39,6 @@ class DsError(Exception):
         self.status = status
         self.message = message
         self.headers = headers or {}
-
-
-class StaleRecord(Exception):
-    """The record an append was validated against is no longer the stream's (deleted,
-    soft-deleted or recreated since this gateway cached it): resolve the name again."""
 
 
 # Records -------------------------------------------------------------------------------
@@ -110,14 +104,8 @@ class StreamState:
     stream_seq: str | None = None
     producers: dict[str, tuple[int, int]] = field(default_factory=dict)
     unsnapped: int = 0
-    gone: bool = False
-    """A ``Ds-Gone`` message was folded: the stream was soft-deleted (its record says so)."""
 
     def apply(self, m: StoredMsg) -> None:
-        if m.header(M_GONE) is not None:
-            self.gone = True
-            self.tail = m.seq
-            return
         pid = m.header(M_PRODUCER)
         tup: tuple[str, int, int] | None = None
         if pid is not None:
@@ -140,7 +128,6 @@ class StreamState:
             stream_seq=self.stream_seq,
             producers=dict(self.producers),
             unsnapped=self.unsnapped,
-            gone=self.gone,
         )
 
     def snapshot(self) -> Snapshot:

@@ -42,10 +42,8 @@ from service.nats.publisher import (
     PublishTimeout,
 )
 
-from .cache import MessageCache, RecordCache
 from .model import (
     M_APPEND,
-    M_GONE,
     DsError,
     ReadResult,
     Source,
@@ -96,8 +94,6 @@ class DurableStore:
         # forgetting one only costs a KV read or write)
         self._access: OrderedDict[str, float] = OrderedDict()
         self._access_written: OrderedDict[str, float] = OrderedDict()
-        self.records = RecordCache()
-        self.messages = MessageCache(settings.ds_cache_bytes)
 
     async def open(self) -> None:
         """Provision the stream and bucket (idempotent) and start the publisher.
@@ -129,35 +125,20 @@ class DurableStore:
             return None
         return m.data, m.seq
 
-    async def lookup(self, name: str, *, cached: bool = False) -> tuple[StreamRecord, int] | None:
+    async def lookup(self, name: str) -> tuple[StreamRecord, int] | None:
         """The record of ``name`` and its revision; an outage (a leader election, a restart)
         is ridden out under the outage policy before it raises.
-
-        ``cached``: the record this gateway read last, if its stream's state here has a tail
-        above 0 (:mod:`.cache`: only then does an append's fence notice a deletion). For
-        appends only, whose fence revalidates it; every other request reads the record.
 
         Raises:
             DirectGetError, and the TRANSIENT_ERRORS: still unavailable after the budget.
         """
-        if cached:
-            got = self.records.get(name)
-            if got is not None:
-                st = self._states.get(got[0].inc)
-                if st is not None and st.tail > 0 and not st.gone and not got[0].deleted:
-                    return got
         key = name_key(name)
-        got = await retry(
+        return await retry(
             lambda: self._lookup_once(key),
             self.policy,
             what=f"durable stream record {name!r}",
             transient=_lookup_transient,
         )
-        if got is None:
-            self.records.drop(name)
-        else:
-            self.records.put(name, *got)
-        return got
 
     async def _lookup_once(self, key: str) -> tuple[StreamRecord, int] | None:
         got = await self.kv_get(key)
@@ -180,22 +161,10 @@ class DurableStore:
 
     async def update(self, name: str, rec: StreamRecord, rev: int) -> int | None:
         """Revision-checked write of a record; ``None``: it changed meanwhile."""
-        self.records.drop(name)
         try:
             return int(await self.kv.update(name_key(name), encode(rec), last=rev))
         except KeyWrongLastSequenceError:
             return None
-
-    async def mark_gone(self, rec: StreamRecord) -> None:
-        """After a soft-deletion: a ``Ds-Gone`` message on the stream's subject, so that every
-        gateway's next append to it fails its fence and re-reads the record. (Forks read the
-        subject only up to their fork offset: they never see it.)"""
-        try:
-            await self.publisher.publish_once(self.subject(rec.inc), b"", {M_GONE: "1"})
-        except (PublishRejected, PublishTimeout) as e:
-            # The record says 410 already; a gateway with the record cached notices within
-            # RECORD_MAX_AGE instead of at its next append.
-            log.warning("soft-deletion marker of %s not written: %r", rec.inc, e)
 
     async def expired(self, rec: StreamRecord) -> bool:
         now = self.clock()
@@ -244,7 +213,6 @@ class DurableStore:
                 timeout=self.s.request_timeout,
                 max_bytes=READ_MAX_BYTES,
             )
-            self.messages.stored(subject, st.tail, msgs)
             for m in msgs:
                 st.apply(m)
                 aid = m.header(M_APPEND)
@@ -322,8 +290,13 @@ class DurableStore:
                 continue
             start = max(x, lo) + 1
             while True:
-                msgs, pending = await self._batch(
-                    src.stream, subject, start, max_msgs - len(out), max(1, max_bytes - size)
+                msgs, pending = await self.dg.get_batch(
+                    src.stream,
+                    subject,
+                    start,
+                    max_msgs - len(out),
+                    timeout=timeout,
+                    max_bytes=max(1, max_bytes - size),
                 )
                 beyond = False
                 for m in msgs:
@@ -345,8 +318,13 @@ class DurableStore:
         probe = max(x, 1)
         last_seen: StoredMsg | None = None
         while True:
-            msgs, pending = await self._batch(
-                src.stream, src.subject, probe, max_msgs - len(out) + 1, max(1, max_bytes - size)
+            msgs, pending = await self.dg.get_batch(
+                src.stream,
+                src.subject,
+                probe,
+                max_msgs - len(out) + 1,
+                timeout=timeout,
+                max_bytes=max(1, max_bytes - size),
             )
             for i, m in enumerate(msgs):
                 last_seen = m
@@ -372,26 +350,6 @@ class DurableStore:
         tail = last_seen.seq if last_seen is not None else src.base
         return ReadResult(out, max(tail, src.base), True, closed)
 
-    async def _batch(
-        self, stream: str, subject: str, start: int, batch: int, max_bytes: int
-    ) -> tuple[list[StoredMsg], int]:
-        """A batch Direct Get of a read, from the message cache when it knows the messages
-        (then "pending" is unknown, -1: the caller asks again after the last one). Only this
-        gateway's Durable Streams subjects are cached, not a job's events (a reused job id
-        purges and refills its subject)."""
-        if stream != self.stream:
-            return await self.dg.get_batch(
-                stream, subject, start, batch, timeout=self.s.request_timeout, max_bytes=max_bytes
-            )
-        known = self.messages.messages(subject, start, batch, max_bytes)
-        if known:
-            return known, -1
-        msgs, pending = await self.dg.get_batch(
-            stream, subject, start, batch, timeout=self.s.request_timeout, max_bytes=max_bytes
-        )
-        self.messages.stored(subject, start - 1, msgs)
-        return msgs, pending
-
     async def tail(self, src: Source) -> tuple[int, bool]:
         """The stream's tail sequence and whether it is closed."""
         last = await self.dg.last_msg(src.stream, src.subject, timeout=self.s.request_timeout)
@@ -399,22 +357,32 @@ class DurableStore:
             return src.base, False
         return last.seq, src.closes(last)
 
+    async def first_data_after(self, rec: StreamRecord, after: int) -> StoredMsg | None:
+        """The first message with data after ``after`` (for a fork's sub-offset)."""
+        x = after
+        src = self.source(rec)
+        while True:
+            res = await self.read(src, x, max_msgs=64)
+            for m in res.msgs:
+                if m.data:
+                    return m
+            if res.up_to_date or not res.msgs:
+                return None
+            x = res.next_seq
+
     async def put_initial(
         self, subject: str, payload: bytes, headers: dict[str, str], last: int
     ) -> int:
         h = dict(headers)
         h[hdr.EXPECTED_LAST_SUBJECT_SEQ] = str(last)
         try:
-            seq = await self.publisher.publish_once(subject, payload, h)
+            return await self.publisher.publish_once(subject, payload, h)
         except (PublishRejected, PublishTimeout) as e:
             raise DsError(503, f"stream storage unavailable: {e}") from e
-        self.messages.stored(subject, last, [StoredMsg(seq, payload, headers=headers)])
-        return seq
 
     async def purge(self, inc: str) -> None:
         self._states.pop(inc, None)
         self._tails.pop(self.subject(inc), None)
-        self.messages.forget(self.subject(inc))
         self._access.pop(inc, None)
         self._access_written.pop(inc, None)
         await self.js.purge_stream(self.stream, subject=self.subject(inc))
