@@ -91,6 +91,7 @@ class CliProcess:
         self.uvloop = uvloop
         self.proc: subprocess.Popen[str] | None = None
         self.lines: deque[str] = deque(maxlen=400)
+        self._new_line = threading.Condition()
         self.ready = threading.Event()
         self.exited = threading.Event()
         self._thread: threading.Thread | None = None
@@ -155,11 +156,23 @@ class CliProcess:
         assert proc.stdout is not None
         with proc.stdout:
             for line in proc.stdout:
-                self.lines.append(line.rstrip())
+                with self._new_line:
+                    self.lines.append(line.rstrip())
+                    self._new_line.notify_all()
                 if READY_MARK in line:
                     ready.set()
         proc.wait()
         exited.set()
+        with self._new_line:
+            self._new_line.notify_all()
+
+    def wait_line(self, text: str, timeout: float) -> bool:
+        """Block until the child has logged a line containing ``text`` (woken by each new line;
+        its log is the only channel); False if it exited or ``timeout`` passed first."""
+        with self._new_line:
+            return self._new_line.wait_for(
+                lambda: any(text in line for line in self.lines) or self.exited.is_set(), timeout
+            ) and any(text in line for line in self.lines)
 
     def _wait_ready(self, timeout: float) -> bool:
         ready, exited = self.ready, self.exited

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from service.client.reader import LiveHub
 from service.nats.provision import provision
@@ -66,17 +67,32 @@ QUORUM_LOST = Failover(8, 2, 150, 1, 0.02, 80, freeze=8.0)
 
 
 async def wait_new_leader(nc: NATS, stream: str, old: str, timeout: float = 60.0) -> str:
-    """Poll until the stream reports a leader other than ``old``: nats-server publishes no
-    event a client can wait on for "leader elected", so this asks every 0.1 s, bounded."""
-    async with asyncio.timeout(timeout):
-        while True:
-            try:
-                leader = await stream_leader(nc, stream)
-                if leader != old:
-                    return leader
-            except (AssertionError, nats.errors.Error, TimeoutError) as e:
-                log.debug("no new leader of %s yet: %r", stream, e)  # electing
-            await asyncio.sleep(0.1)  # poll: no server event for "leader elected"
+    """Until the stream reports a leader other than ``old``, woken by nats-server's
+    ``$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.<stream>`` advisory (subscribed before the first
+    look, so an election after it wakes us). An advisory lost while this client reconnects is
+    covered by looking again after at most a second without one."""
+    elected: asyncio.Queue[None] = asyncio.Queue()
+
+    async def on_advisory(_msg: Msg) -> None:
+        elected.put_nowait(None)
+
+    sub = await nc.subscribe(f"$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{stream}", cb=on_advisory)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    leader = await stream_leader(nc, stream)
+                    if leader != old:
+                        return leader
+                except (AssertionError, nats.errors.Error, TimeoutError) as e:
+                    log.debug("no new leader of %s yet: %r", stream, e)  # electing
+                try:
+                    async with asyncio.timeout(1.0):
+                        await elected.get()
+                except TimeoutError:
+                    log.debug("no election advisory for %s within 1 s; looking again", stream)
+    finally:
+        await sub.unsubscribe()
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -26,13 +26,6 @@ from tests.procs import ServeProcess
 NO_LEFTOVERS = ("Future exception was never retrieved", "Task was destroyed but it is pending")
 
 
-async def wait_line(proc: ServeProcess, text: str, timeout: float = 30.0) -> None:
-    """Until the child logged a line containing ``text`` (its log is the only channel)."""
-    async with asyncio.timeout(timeout):
-        while not any(text in line for line in list(proc.lines)):  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-
-
 async def serve_with_jobs(node: Node, s: Settings, n: int) -> tuple[ServeProcess, list[str]]:
     """A `genjobs serve` owning ``n`` running jobs (each with one stored event)."""
     proc = ServeProcess(s)
@@ -88,7 +81,7 @@ async def test_sigterm_without_nats_ends_within_grace_and_names_the_jobs(
     proc, jobs = await serve_with_jobs(nats_node, s, 3)
     try:
         nats_node.kill()
-        await wait_line(proc, "NATS is reconnecting")
+        assert await asyncio.to_thread(proc.wait_line, "NATS is reconnecting", 30.0), proc.tail()
         t_term = time.monotonic()
         proc.sigterm()
         code = await asyncio.to_thread(proc.wait, s.shutdown_grace + 15)
