@@ -27,6 +27,7 @@ from service import simulate as sim
 from service.client.presence import presence_hub
 from service.client.sessions import SessionStore
 from service.config import Settings
+from service.server.replica import Replica
 from tests.helpers import wait_for
 from tests.http_helpers import (
     auth,
@@ -156,19 +157,28 @@ async def test_a_wrong_password_is_refused(nats_url: str) -> None:
     assert any("authorization violation" in e.lower() for e in errors), errors
 
 
+async def cannot_publish_events(
+    replica: Replica, user: NATS, gsettings: Settings, job_id: str
+) -> None:
+    """``user`` is refused a publish on the job's event subject, and no event is stored."""
+    js = replica.nc.jetstream()
+    subject = f"genjobs.events.{job_id}"
+    last_before = (await js.get_last_msg(gsettings.stream_name, subject)).seq
+
+    async def no_new_event() -> None:
+        last = await js.get_last_msg(gsettings.stream_name, subject)
+        assert last.seq == last_before
+
+    await denied_then_absent(user, subject, no_new_event)
+
+
 async def test_reader_cannot_publish_events_nor_write_kv(
     nats_url: str, gsettings: Settings
 ) -> None:
     async with serving(gsettings) as replica, as_user(nats_url, READER) as reader:
         job_id, _ = await finished_job(replica, "u-auth")
         js = replica.nc.jetstream()
-        last_before = (await js.get_last_msg(gsettings.stream_name, f"genjobs.events.{job_id}")).seq
-
-        async def no_new_event() -> None:
-            last = await js.get_last_msg(gsettings.stream_name, f"genjobs.events.{job_id}")
-            assert last.seq == last_before
-
-        await denied_then_absent(reader, f"genjobs.events.{job_id}", no_new_event)
+        await cannot_publish_events(replica, reader, gsettings, job_id)
 
         forged = "auth-forged-" + uuid.uuid4().hex[:8]
 
@@ -345,13 +355,7 @@ async def test_gateway_cannot_write_job_events_records_or_other_streams(
     async with serving(gsettings) as replica, as_user(nats_url, GATEWAY) as gw:
         job_id, _ = await finished_job(replica, "u-auth")
         js = replica.nc.jetstream()
-        last_before = (await js.get_last_msg(gsettings.stream_name, f"genjobs.events.{job_id}")).seq
-
-        async def no_new_event() -> None:
-            last = await js.get_last_msg(gsettings.stream_name, f"genjobs.events.{job_id}")
-            assert last.seq == last_before
-
-        await denied_then_absent(gw, f"genjobs.events.{job_id}", no_new_event)
+        await cannot_publish_events(replica, gw, gsettings, job_id)
 
         kv = await js.key_value(gsettings.jobs_bucket)
         record = await kv.get(job_id)

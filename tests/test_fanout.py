@@ -65,6 +65,21 @@ def seqs(events: Sequence[ReadEvent]) -> list[int]:
     return [e.seq for e in events]
 
 
+def assert_released(fanout: LiveFanout[list[ReadEvent]], hub: LiveHub, *jobs: str) -> None:
+    """No group left, and no hub reader of ``jobs``: the shared readers were given back."""
+    assert fanout.groups() == 0
+    for job in jobs:
+        assert hub.watchers(job) == 0
+
+
+def assert_every_sink_got_its_events(
+    producer: Producer, job: str, sinks: list[tuple[int, ListSink]]
+) -> None:
+    """Each sink got exactly the job's events after its start position, in order, once."""
+    for after, sink in sinks:
+        assert seqs(sink.got) == seqs(producer.after(job, after)), after
+
+
 async def follow(fanout: LiveFanout[list[ReadEvent]], job: str, after: int, sink: ListSink) -> bool:
     async with asyncio.timeout(WAIT):
         return await fanout.follow(job, after, sink)
@@ -104,8 +119,7 @@ async def test_sinks_at_different_positions_get_every_event_once_and_share_one_r
             assert sink.got[-1].terminal
         # The live events reached everyone from the shared reader, not from a reader of its own.
         assert all(s.pushed >= 21 for s in sinks)
-        assert fanout.groups() == 0
-        assert hub.watchers("j") == 0
+        assert_released(fanout, hub, "j")
 
 
 async def test_joins_racing_with_live_events_lose_and_repeat_nothing(
@@ -128,10 +142,8 @@ async def test_joins_racing_with_live_events_lose_and_repeat_nothing(
                     sinks.append((after, sink))
                     tg.create_task(follow(fanout, "r", after, sink))
             await producer.emit("r", "final")
-        for after, sink in sinks:
-            assert seqs(sink.got) == seqs(producer.after("r", after)), after
-        assert fanout.groups() == 0
-        assert hub.watchers("r") == 0
+        assert_every_sink_got_its_events(producer, "r", sinks)
+        assert_released(fanout, hub, "r")
 
 
 async def test_terminal_event_stored_while_sinks_join(
@@ -158,11 +170,9 @@ async def test_terminal_event_stored_while_sinks_join(
                         0
                     )  # a yield: spread the starts over the terminal's delivery
             await ending
-        for after, sink in sinks:
-            assert seqs(sink.got) == seqs(producer.after("t", after))
-            assert sink.got[-1].terminal
-        assert fanout.groups() == 0
-        assert hub.watchers("t") == 0
+        assert_every_sink_got_its_events(producer, "t", sinks)
+        assert all(sink.got[-1].terminal for _, sink in sinks)
+        assert_released(fanout, hub, "t")
 
 
 async def test_a_sink_that_falls_behind_catches_up_alone_and_the_others_continue(
@@ -193,8 +203,7 @@ async def test_a_sink_that_falls_behind_catches_up_alone_and_the_others_continue
         assert slow.written > 5  # it read on its own after being detached
         for sink in fine:
             assert seqs(sink.got) == want
-        assert fanout.groups() == 0
-        assert hub.watchers("s") == 0
+        assert_released(fanout, hub, "s")
 
 
 async def test_the_last_sink_leaving_releases_the_shared_reader(
@@ -225,9 +234,7 @@ async def test_the_last_sink_leaving_releases_the_shared_reader(
         other.cancel()
         await asyncio.wait([other])
         await fanout.close()  # waits for the cancelled group's task: its reader has left
-        assert fanout.groups() == 0
-        assert hub.watchers("l") == 0
-        assert hub.watchers("m") == 0
+        assert_released(fanout, hub, "l", "m")
         assert hub.subscriptions() == 0
 
 
