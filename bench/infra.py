@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from service.nats.embedded import EmbeddedServer, find_nats_server
 
@@ -59,6 +59,22 @@ def die_with_parent() -> None:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, 9, 0, 0, 0)
+
+
+def spawn_child(
+    argv: list[str], env: dict[str, str] | None, stderr: IO[str], *, stdin: int = subprocess.DEVNULL
+) -> subprocess.Popen[str]:
+    """A bench child in the repo, its stdout a text pipe, killed with its parent."""
+    return subprocess.Popen(
+        argv,
+        cwd=REPO,
+        env=env,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        preexec_fn=die_with_parent,
+    )
 
 
 # --- machine and versions ---------------------------------------------------------------------

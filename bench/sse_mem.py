@@ -36,7 +36,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.infra import REPO, NatsServer, _free_port, cpu_seconds, die_with_parent, rss_bytes
+from bench.infra import NatsServer, cpu_seconds, free_port, rss_bytes, spawn_child
 from bench.sse_client import Totals, get_request, open_clients, wait_until
 from bench.sse_run import JWT_SECRET, STREAM_PREFIX, bearer
 
@@ -169,16 +169,7 @@ async def clients_child(port: int, jobs: int) -> None:
 class _Proc:
     def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         with log.open("w") as err:
-            self.p = subprocess.Popen(
-                argv,
-                cwd=REPO,
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-                preexec_fn=die_with_parent,
-            )
+            self.p = spawn_child(argv, env, err, stdin=subprocess.PIPE)
 
     def expect(self, prefix: str, timeout: float = 180.0) -> str:
         assert self.p.stdout is not None
@@ -262,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     nats = NatsServer()
     url = nats.start()
     prefix = f"bmem{uuid.uuid4().hex[:8]}"
-    port = _free_port()
+    port = free_port()
     base = {**os.environ, "GENJOBS_NATS_URL": url, "GENJOBS_PREFIX": prefix}
     gw_env = {
         **base,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.durable_ref import DurableRefServer
-from bench.infra import REPO, cpu_seconds, die_with_parent, free_port, rss_bytes
+from bench.infra import REPO, cpu_seconds, free_port, rss_bytes, spawn_child
 from service.cli.common import READY_MARK
 
 if TYPE_CHECKING:
@@ -62,16 +62,7 @@ class GatewayServer:
             "GENJOBS_LOG_LEVEL": "warning",
         }
         with self.log.open("w") as err:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "gateway"],
-                cwd=REPO,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-                preexec_fn=die_with_parent,
-            )
+            self._proc = spawn_child([sys.executable, "-m", "service.cli", "gateway"], env, err)
         assert self._proc.stdout is not None
         ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
         line = self._proc.stdout.readline() if ready else ""
