@@ -27,9 +27,9 @@ from service.client.reader import LiveHub
 from service.config import Settings
 from service.server.replica import Replica
 from tests.faults.gateway import ds_gateway, stream_url
-from tests.procs import GatewayProcess
 from tests.faults.workload import Producer, script, stored_log
 from tests.helpers import decode
+from tests.procs import GatewayProcess
 
 REPO = Path(__file__).resolve().parent.parent
 READER_JS = REPO / "tests" / "js" / "ds_job_reader.mjs"
